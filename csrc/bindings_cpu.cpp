@@ -33,7 +33,7 @@ csi::Storage storage_of(const py::array& refs) {
 }
 
 py::tuple topk(const py::array& queries, const py::array& refs, const py::object& scales, int64_t k,
-               const std::string& metric, int threads, const std::string& isa) {
+               const std::string& metric, int threads, const std::string& isa, int64_t scratch_bytes) {
   if (!py::dtype::of<float>().is(queries.dtype()))
     throw py::type_error("queries must be float32 (got " + std::string(py::str(queries.dtype())) + ")");
   if (queries.ndim() != 2) throw py::value_error("queries must be 2-D [Q, D]");
@@ -67,6 +67,7 @@ py::tuple topk(const py::array& queries, const py::array& refs, const py::object
   csi::TopkOptions o;
   o.threads = threads > 0 ? threads : int(std::thread::hardware_concurrency());
   o.kernels = csi::cpu::select_kernels(isa.c_str());
+  if (scratch_bytes > 0) o.scratch_bytes = scratch_bytes;
 
   py::array_t<float> out_scores({p.nq, p.k});
   py::array_t<int64_t> out_index({p.nq, p.k});
@@ -106,9 +107,10 @@ PYBIND11_MODULE(_C, m) {
   py::register_exception<csi::NonFiniteError>(m, "NonFiniteError", PyExc_ValueError);
 
   m.def("topk", &topk, py::arg("queries"), py::arg("refs"), py::arg("scales"), py::arg("k"), py::arg("metric"),
-        py::arg("threads") = 0, py::arg("isa") = "",
+        py::arg("threads") = 0, py::arg("isa") = "", py::arg("scratch_bytes") = 0,
         "Exact top-k: queries float32 [Q, D]; refs float32/float16/int8 [N, D] (C order); scales float32 [N] "
-        "for int8 else None. Returns (scores float32 [Q, k], indices int64 [Q, k]), best first, ties to the "
+        "for int8 else None. isa: '' (best), 'avx512', 'avx2' or 'generic'. scratch_bytes: candidate-buffer budget (0: "
+        "default 256 MiB; smaller values force query chunking). Returns (scores float32 [Q, k], indices int64 [Q, k]), best first, ties to the "
         "lower index. metric 'ip' returns inner products (largest first), 'l2' squared distances (smallest "
         "first).");
   m.def("supported_isas", &supported_isas, "Kernel variants this CPU can run, best first.");

@@ -229,9 +229,16 @@ void topk_cpu(const TopkProblem& p, const TopkOptions& o, float* out_scores, int
         double qn = 0.0;
         if (p.l2)
           for (int64_t j = 0; j < p.d; ++j) qn += double(p.queries[row * p.d + j]) * p.queries[row * p.d + j];
+        if (p.l2) {
+          // Distances are |q|^2 - s rounded to float32: distinct s can round to one distance, so
+          // re-sort by (distance, index) to keep "equal scores -> lower index first" visible.
+          for (int64_t i = 0; i < p.k; ++i)
+            merged[size_t(i)].score = -float(std::max(0.0, qn - double(merged[size_t(i)].score)));
+          std::sort(merged.begin(), kth + 1, better);
+        }
         for (int64_t i = 0; i < p.k; ++i) {
           const Candidate& c = merged[size_t(i)];
-          out_scores[row * p.k + i] = p.l2 ? float(std::max(0.0, qn - double(c.score))) : c.score;
+          out_scores[row * p.k + i] = p.l2 ? -c.score : c.score;
           out_index[row * p.k + i] = c.index;
         }
       }

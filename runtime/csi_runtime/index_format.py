@@ -57,6 +57,11 @@ class SectionSpec:
     crc32: int
 
 
+def _bytes_of(arr: np.ndarray) -> memoryview:
+    """A flat byte view of an array (empty arrays included)."""
+    return memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+
+
 def _crc32_of(buffer: memoryview, crc: int = 0) -> int:
     for start in range(0, len(buffer), CRC_CHUNK_BYTES):
         crc = zlib.crc32(buffer[start : start + CRC_CHUNK_BYTES], crc)
@@ -82,8 +87,7 @@ class _SectionWriter:
         self._pad()
         offset, crc, nbytes = self._pos, 0, 0
         for chunk in chunks:
-            data = np.ascontiguousarray(chunk, dtype=dtype)
-            view = memoryview(data).cast("B")
+            view = _bytes_of(np.ascontiguousarray(chunk, dtype=dtype))
             self._fh.write(view)
             crc = _crc32_of(view, crc)
             nbytes += len(view)
@@ -236,7 +240,7 @@ def open_index_file(
                     view = memoryview(arr).cast("B")
                     if fh.readinto(view) != spec.nbytes:
                         raise _fail(p, f"section {name!r} is truncated")
-                if name in check and _crc32_of(memoryview(np.ascontiguousarray(arr)).cast("B")) != spec.crc32:
+                if name in check and _crc32_of(_bytes_of(arr)) != spec.crc32:
                     raise _fail(p, f"checksum mismatch in section {name!r} (file damaged)")
                 arrays[name] = arr
     except OSError as exc:

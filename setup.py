@@ -44,8 +44,16 @@ DEFAULT_CUDA_ARCHS = "80;86;89;90"
 ISA_FLAGS = {
     "_avx2": ["-mavx2", "-mfma", "-mf16c"],
     # GCC 12 warns about its own _mm512_undefined_* helpers; the warning is a false positive.
-    "_avx512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-mf16c",
-                "-Wno-uninitialized", "-Wno-maybe-uninitialized"],
+    "_avx512": [
+        "-mavx512f",
+        "-mavx512bw",
+        "-mavx512dq",
+        "-mavx512vl",
+        "-mfma",
+        "-mf16c",
+        "-Wno-uninitialized",
+        "-Wno-maybe-uninitialized",
+    ],
 }
 
 # -ffast-math is deliberately absent: the kernels rely on IEEE NaN/Inf semantics to detect
@@ -127,9 +135,18 @@ class BuildExt(build_ext):
             if src.endswith(".cu"):
                 assert cuda is not None
                 cmd = [
-                    str(cuda["nvcc"]), "-c", src, "-o", obj, "-std=c++17", "-O3",
-                    "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC,-fvisibility=hidden",
-                    f"-I{CSRC}", *cuda["gencode"],
+                    str(cuda["nvcc"]),
+                    "-c",
+                    src,
+                    "-o",
+                    obj,
+                    "-std=c++17",
+                    "-O3",
+                    "--expt-relaxed-constexpr",
+                    "-Xcompiler",
+                    "-fPIC,-fvisibility=hidden",
+                    f"-I{CSRC}",
+                    *cuda["gencode"],
                     *[f"-D{k}={v}" if v is not None else f"-D{k}" for k, v in macros],
                 ]
                 self.announce(" ".join(cmd), level=2)
@@ -140,7 +157,11 @@ class BuildExt(build_ext):
                 if stem.endswith(suffix):
                     extra += flags
             cmd = [
-                *cc.compiler_so, "-c", src, "-o", obj,
+                *cc.compiler_so,
+                "-c",
+                src,
+                "-o",
+                obj,
                 *[f"-I{d}" for d in include_dirs],
                 *[f"-D{k}={v}" if v is not None else f"-D{k}" for k, v in macros],
                 *extra,
@@ -156,8 +177,12 @@ class BuildExt(build_ext):
         out = self.get_ext_fullpath(ext.name)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         cc.link_shared_object(
-            objects, out, libraries=ext.libraries, library_dirs=ext.library_dirs,
-            extra_postargs=["-pthread", *ext.extra_link_args], target_lang="c++",
+            objects,
+            out,
+            libraries=ext.libraries,
+            library_dirs=ext.library_dirs,
+            extra_postargs=["-pthread", *ext.extra_link_args],
+            target_lang="c++",
         )
 
 
@@ -167,7 +192,8 @@ def _extensions() -> list[Extension]:
         "csi_runtime._C",
         sources=[*_sources("cpu", ".cpp"), "csrc/bindings_cpu.cpp"],
         define_macros=[("CSI_COMPILER", f'"{_compiler_version(cxx.split()[0])}"')],
-        depends=[str(p) for p in (CSRC / "cpu").glob("*.h")] + [str(p) for p in (CSRC / "common").glob("*.h")],
+        depends=[str(p) for p in (CSRC / "cpu").glob("*.h")]
+        + [str(p) for p in (CSRC / "common").glob("*.h")],
         language="c++",
     )
     extensions = [cpu]
@@ -181,7 +207,9 @@ def _extensions() -> list[Extension]:
         archs = _cuda_archs()
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
         gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
-        lib_dir = next((d for d in (cuda_home / "lib64", cuda_home / "lib") if d.exists()), cuda_home / "lib64")
+        lib_dir = next(
+            (d for d in (cuda_home / "lib64", cuda_home / "lib") if d.exists()), cuda_home / "lib64"
+        )
         ext = Extension(
             "csi_runtime._cuda",
             sources=[*_sources("cuda", ".cu"), "csrc/bindings_cuda.cpp"],
@@ -198,7 +226,9 @@ def _extensions() -> list[Extension]:
         )
         ext.cuda = {"nvcc": nvcc, "gencode": gencode}  # type: ignore[attr-defined]
         extensions.append(ext)
-        print(f"csi: building the CUDA module with {nvcc} for sm_{', sm_'.join(archs)} + PTX", file=sys.stderr)
+        print(
+            f"csi: building the CUDA module with {nvcc} for sm_{', sm_'.join(archs)} + PTX", file=sys.stderr
+        )
     else:
         print("csi: nvcc not found or CSI_RUNTIME_CUDA=off; building the CPU module only", file=sys.stderr)
     return extensions

@@ -68,7 +68,9 @@ def assert_topk_exact(
         assert missing.size == 0, f"query {i}: missing clearly-better refs {missing[:10]}"
         assert allowed[got].all(), f"query {i}: returned refs {got[~allowed[got]][:10]} are clearly worse"
         expect = full[i, got] if metric == "ip" else -full[i, got]
-        np.testing.assert_allclose(scores[i], expect, rtol=0, atol=float(tol[i, 0]), err_msg=f"query {i} scores")
+        np.testing.assert_allclose(
+            scores[i], expect, rtol=0, atol=float(tol[i, 0]), err_msg=f"query {i} scores"
+        )
         s = scores[i]
         if metric == "ip":
             assert (np.diff(s) <= 0).all(), f"query {i}: scores not descending"

@@ -7,7 +7,6 @@ import threading
 
 import numpy as np
 import pytest
-
 from csi_runtime import topk
 
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reference import dense_refs, scores_f64, tolerance
-
 from csi_runtime import Hit, IndexFileError, NonFiniteError, ReferenceIndex, quantize_int8
 from csi_runtime import index_format as fmt
+from reference import dense_refs, scores_f64, tolerance
 
 DTYPES = ["float32", "float16", "int8"]
 METRICS = ["ip", "l2"]
@@ -45,7 +44,9 @@ class Catalog:
         self.works.extend(works)
         self.meta.extend(meta)
 
-    def expected(self, q: np.ndarray, k: int, metric: str) -> tuple[list[object], np.ndarray, np.ndarray, list]:
+    def expected(
+        self, q: np.ndarray, k: int, metric: str
+    ) -> tuple[list[object], np.ndarray, np.ndarray, list]:
         refs = np.asarray(self.vectors)
         full = scores_f64(q[None, :], refs, metric)[0]
         tol = float(tolerance(q[None, :], refs, metric)[0, 0])
@@ -82,7 +83,9 @@ def check_hits(hits: list[Hit], cat: Catalog, q: np.ndarray, k: int, metric: str
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("metric", METRICS)
-def test_search_matches_brute_force(rng: np.random.Generator, dtype: str, metric: str, tmp_path: Path) -> None:
+def test_search_matches_brute_force(
+    rng: np.random.Generator, dtype: str, metric: str, tmp_path: Path
+) -> None:
     d = 48
     index = ReferenceIndex(d, dtype=dtype, metric=metric)
     cat = Catalog(dtype, d)
@@ -156,7 +159,11 @@ def test_k_larger_than_the_catalog_returns_every_work(rng: np.random.Generator) 
 def test_work_ids_keep_their_type_and_metadata_survives(rng: np.random.Generator, tmp_path: Path) -> None:
     index = ReferenceIndex(8, dtype="float32")
     x = unit(rng, 3, 8)
-    meta = [{"title": "Nuages", "nested": {"list": [1, 2.5, None], "ok": True}}, None, {"isrc": "FR-Z03-14-00001"}]
+    meta = [
+        {"title": "Nuages", "nested": {"list": [1, 2.5, None], "ok": True}},
+        None,
+        {"isrc": "FR-Z03-14-00001"},
+    ]
     index.add(x, [7, "7", 10**12], meta)
     index.save(tmp_path / "t.csi")
     loaded = ReferenceIndex.load(tmp_path / "t.csi")
@@ -186,7 +193,9 @@ def test_remove_then_re_add(rng: np.random.Generator, tmp_path: Path) -> None:
     assert len(loaded) == 3 and loaded.num_works == 2
 
 
-def test_mmap_index_accepts_writes_and_can_overwrite_its_own_file(rng: np.random.Generator, tmp_path: Path) -> None:
+def test_mmap_index_accepts_writes_and_can_overwrite_its_own_file(
+    rng: np.random.Generator, tmp_path: Path
+) -> None:
     path = tmp_path / "m.csi"
     index = ReferenceIndex(32, dtype="int8")
     x = unit(rng, 500, 32)
@@ -250,7 +259,7 @@ def test_bad_input_changes_nothing(rng: np.random.Generator) -> None:
         with pytest.raises(ValueError, match="k must be a positive integer"):
             index.search(x, k)  # type: ignore[arg-type]
     for args in ({"dim": 0}, {"dim": 8, "dtype": "float64"}, {"dim": 8, "metric": "cos"}):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="must be"):
             ReferenceIndex(**args)  # type: ignore[arg-type]
 
 
@@ -269,8 +278,25 @@ def saved(rng: np.random.Generator, tmp_path: Path) -> tuple[Path, ReferenceInde
 def test_truncation_anywhere_is_detected(saved: tuple[Path, ReferenceIndex], tmp_path: Path) -> None:
     path, _ = saved
     data = path.read_bytes()
-    cuts = sorted({0, 1, 7, 8, 12, 63, 64, 65, len(data) // 3, len(data) // 2, len(data) - 33, len(data) - 32,
-                   len(data) - 31, len(data) - 1, *range(0, len(data), max(1, len(data) // 40))})
+    cuts = sorted(
+        {
+            0,
+            1,
+            7,
+            8,
+            12,
+            63,
+            64,
+            65,
+            len(data) // 3,
+            len(data) // 2,
+            len(data) - 33,
+            len(data) - 32,
+            len(data) - 31,
+            len(data) - 1,
+            *range(0, len(data), max(1, len(data) // 40)),
+        }
+    )
     for cut in cuts:
         bad = tmp_path / "cut.csi"
         bad.write_bytes(data[:cut])
@@ -281,7 +307,7 @@ def test_truncation_anywhere_is_detected(saved: tuple[Path, ReferenceIndex], tmp
 
 def test_damage_in_each_section_is_detected(saved: tuple[Path, ReferenceIndex], tmp_path: Path) -> None:
     path, _ = saved
-    footer, sections = fmt.read_footer(path)
+    _footer, sections = fmt.read_footer(path)
     data = bytearray(path.read_bytes())
     for name, spec in sections.items():
         if spec.nbytes == 0:
@@ -321,7 +347,7 @@ def test_foreign_and_future_files(saved: tuple[Path, ReferenceIndex], tmp_path: 
     }
     for name, blob in cases.items():
         (tmp_path / name).write_bytes(blob)
-        with pytest.raises(IndexFileError, match="not a csi reference index|truncated"):
+        with pytest.raises(IndexFileError, match=r"not a csi reference index|truncated"):
             ReferenceIndex.load(tmp_path / name)
     data = bytearray(path.read_bytes())
     struct.pack_into("<I", data, 8, fmt.FORMAT_VERSION + 1)
@@ -368,7 +394,9 @@ def test_structurally_wrong_footer_is_rejected(saved: tuple[Path, ReferenceIndex
             ReferenceIndex.load(rewrite(mutate))
 
 
-def test_save_refuses_a_directory_and_leaves_no_temp_files(saved: tuple[Path, ReferenceIndex], tmp_path: Path) -> None:
+def test_save_refuses_a_directory_and_leaves_no_temp_files(
+    saved: tuple[Path, ReferenceIndex], tmp_path: Path
+) -> None:
     _, index = saved
     (tmp_path / "dir.csi").mkdir()
     with pytest.raises(IsADirectoryError):

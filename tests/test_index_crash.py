@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from csi_runtime import ReferenceIndex
 
 SAVER = textwrap.dedent(
@@ -21,7 +20,8 @@ SAVER = textwrap.dedent(
     from csi_runtime import ReferenceIndex
     rng = np.random.default_rng(1)
     index = ReferenceIndex(256, dtype="float32")
-    index.add(rng.standard_normal((150_000, 256)).astype(np.float32), [f"new{i // 3}" for i in range(150_000)])
+    vectors = rng.standard_normal((150_000, 256)).astype(np.float32)
+    index.add(vectors, [f"new{i // 3}" for i in range(150_000)])
     print("saving", flush=True)
     for _ in range(100):
         index.save(sys.argv[1])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from csi_runtime import dequantize_int8, quantize_int8, topk
 
 D, WORKS, VERSIONS, QUERIES, K = 256, 2000, 5, 400, 10
@@ -25,7 +24,9 @@ def catalog(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return q.astype(np.float32), refs.astype(np.float32)
 
 
-@pytest.mark.parametrize(("storage", "min_recall", "min_top1"), [("float16", 0.995, 0.99), ("int8", 0.97, 0.95)])
+@pytest.mark.parametrize(
+    ("storage", "min_recall", "min_top1"), [("float16", 0.995, 0.99), ("int8", 0.97, 0.95)]
+)
 def test_recall_cost_of_storage(
     rng: np.random.Generator, storage: str, min_recall: float, min_top1: float, record_property
 ) -> None:  # type: ignore[no-untyped-def]
@@ -46,7 +47,9 @@ def test_recall_cost_of_storage(
 
 
 def test_int8_quantisation_error_is_bounded(rng: np.random.Generator) -> None:
-    x = rng.standard_normal((300, 64)).astype(np.float32) * rng.uniform(0.01, 100, (300, 1)).astype(np.float32)
+    x = rng.standard_normal((300, 64)).astype(np.float32) * rng.uniform(0.01, 100, (300, 1)).astype(
+        np.float32
+    )
     x[5] = 0.0
     codes, scales = quantize_int8(x)
     assert codes.dtype == np.int8 and scales.dtype == np.float32
@@ -54,7 +57,7 @@ def test_int8_quantisation_error_is_bounded(rng: np.random.Generator) -> None:
     err = np.abs(dequantize_int8(codes, scales) - x)
     assert (err <= scales[:, None] * 0.5 * (1 + 1e-5) + 1e-30).all()
     assert scales[5] == 0 and (codes[5] == 0).all()
+    bad = x.copy()
+    bad[3, 1] = np.inf
     with pytest.raises(ValueError, match="row 3"):
-        bad = x.copy()
-        bad[3, 1] = np.inf
         quantize_int8(bad)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import csi_runtime
 import numpy as np
 import pytest
-from reference import assert_topk_exact
-
-import csi_runtime
 from csi_runtime import _native, quantize_int8, topk
 from csi_runtime.ranking import topk_cpu
+from reference import assert_topk_exact
 
 ISAS = list(_native.cpu.supported_isas())
 STORAGES = ["float32", "float16", "int8"]

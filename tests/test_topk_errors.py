@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from csi_runtime import CPU_MAX_K, CudaUnavailableError, NonFiniteError, _native, quantize_int8, topk
 
 
@@ -52,7 +51,7 @@ def test_k_types(data: tuple[np.ndarray, np.ndarray]) -> None:
     for bad in (2.0, "3", None, True):
         with pytest.raises(TypeError, match="k must be an integer"):
             topk(q, r, bad)  # type: ignore[arg-type]
-    s, i = topk(q, r, np.int64(3))
+    _s, i = topk(q, r, np.int64(3))
     assert i.shape == (4, 3)
 
 
@@ -75,7 +74,9 @@ def test_non_finite_queries_name_the_row(data: tuple[np.ndarray, np.ndarray], ba
 @pytest.mark.parametrize("storage", ["float32", "float16"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 @pytest.mark.parametrize("nq", [1, 20])
-def test_non_finite_refs_name_the_row(data: tuple[np.ndarray, np.ndarray], storage: str, bad: float, nq: int) -> None:
+def test_non_finite_refs_name_the_row(
+    data: tuple[np.ndarray, np.ndarray], storage: str, bad: float, nq: int
+) -> None:
     q, r = data
     r = r.astype(storage)
     r[77, 3] = bad
@@ -122,7 +123,7 @@ def test_cuda_requested_without_a_gpu(data: tuple[np.ndarray, np.ndarray]) -> No
     q, r = data
     with pytest.raises(CudaUnavailableError, match="CUDA"):
         topk(q, r, 3, device="cuda")
-    s, i = topk(np.resize(q, (64, 16)), r, 3, device="auto")  # silently the CPU
+    _s, i = topk(np.resize(q, (64, 16)), r, 3, device="auto")  # silently the CPU
     assert i.shape == (64, 3)
 
 

@@ -7,13 +7,16 @@ built without nvcc, and present but reporting zero devices on machines without a
 
 from __future__ import annotations
 
+import importlib
 import logging
 from types import ModuleType
 
 logger = logging.getLogger("csi_runtime")
 
+__all__ = ["cpu", "cuda", "cuda_available", "cuda_device_count"]
+
 try:
-    from csi_runtime import _C as cpu
+    cpu: ModuleType = importlib.import_module("csi_runtime._C")
 except ImportError as exc:  # pragma: no cover - only on a broken install
     raise ImportError(
         "csi_runtime's compiled module _C is missing or does not load "
@@ -22,7 +25,7 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
 
 cuda: ModuleType | None
 try:
-    from csi_runtime import _cuda as cuda
+    cuda = importlib.import_module("csi_runtime._cuda")
 except ImportError as exc:
     cuda = None
     logger.debug("csi_runtime._cuda not available: %s", exc)

@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -48,8 +48,12 @@ from csi_runtime.ranking import CPU_MAX_K, METRICS, as_queries, topk
 
 logger = logging.getLogger("csi_runtime")
 
-WorkId = Union[str, int]
-STORAGE = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "int8": np.dtype(np.int8)}
+WorkId = str | int
+STORAGE: dict[str, np.dtype[Any]] = {
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "int8": np.dtype(np.int8),
+}
 FLOAT16_MAX = 65504.0
 _INITIAL_CAPACITY = 1024
 _SAVE_CHUNK_ROWS = 1 << 16
@@ -86,7 +90,7 @@ class _Segment:
 
     def metadata(self, row: int) -> dict[str, Any]:
         if self.meta_json is not None:
-            return json.loads(self.meta_json[row])  # type: ignore[no-any-return]
+            return json.loads(self.meta_json[row])  # type: ignore[no-any-return,unused-ignore]
         assert self.meta_offsets is not None and self.meta_blob is not None
         lo, hi = int(self.meta_offsets[row]), int(self.meta_offsets[row + 1])
         if not 0 <= lo <= hi <= self.meta_blob.shape[0]:
@@ -133,7 +137,9 @@ class _GrowableSegment:
         self.scales = np.empty(0, np.float32)
         self.works = np.empty(0, np.int64)
 
-    def append(self, vectors: np.ndarray, scales: np.ndarray | None, works: np.ndarray, meta: list[str]) -> None:
+    def append(
+        self, vectors: np.ndarray, scales: np.ndarray | None, works: np.ndarray, meta: list[str]
+    ) -> None:
         m = vectors.shape[0]
         need = self.rows + m
         if need > self.vectors.shape[0]:
@@ -458,7 +464,11 @@ class ReferenceIndex:
         _, first = np.unique(works[positions], return_index=True)
         best = np.sort(positions[first])[:k_works]
         return [
-            Hit(self._work_ids[int(works[i])], float(scores[i]), snap.segments[int(segs[i])].metadata(int(rows[i])))
+            Hit(
+                self._work_ids[int(works[i])],
+                float(scores[i]),
+                snap.segments[int(segs[i])].metadata(int(rows[i])),
+            )
             for i in best
         ]
 
@@ -492,16 +502,19 @@ class ReferenceIndex:
                     yield chunk if mask is None else chunk[mask[start : start + _SAVE_CHUNK_ROWS]]
 
         # Metadata: lengths first (for the offsets section), then the bytes, both streamed.
-        lengths = []
+        lengths: list[np.ndarray] = []
         for seg, mask in parts:
+            seg_len: np.ndarray
             if seg.meta_json is not None:
-                seg_len = np.fromiter((len(seg.meta_json[i].encode()) for i in range(seg.rows)), np.int64, seg.rows)
+                seg_len = np.fromiter(
+                    (len(seg.meta_json[i].encode()) for i in range(seg.rows)), np.int64, seg.rows
+                )
             else:
                 assert seg.meta_offsets is not None
                 seg_len = np.diff(seg.meta_offsets.astype(np.int64))
             lengths.append(seg_len if mask is None else seg_len[mask])
         offsets = np.zeros(n + 1, np.uint64)
-        np.cumsum(np.concatenate(lengths) if lengths else np.empty(0, np.int64), out=offsets[1:])
+        offsets[1:] = np.cumsum(np.concatenate(lengths) if lengths else np.empty(0, np.int64))
 
         def meta_chunks() -> Iterator[np.ndarray]:
             for seg, mask in parts:
@@ -535,7 +548,9 @@ class ReferenceIndex:
         logger.info("saved reference index: %d vectors, %d works -> %s", n, live_ordinals.size, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, mmap: bool = False, verify: bool | None = None) -> ReferenceIndex:
+    def load(
+        cls, path: str | os.PathLike[str], *, mmap: bool = False, verify: bool | None = None
+    ) -> ReferenceIndex:
         """Loads an index saved by :meth:`save`.
 
         Args:
@@ -562,7 +577,9 @@ class ReferenceIndex:
             raise IndexFileError(f"{p}: header is missing or has a bad field ({exc})") from None
         if dtype not in STORAGE or metric not in METRICS or dim < 1 or count < 0 or num_works < 0:
             raise IndexFileError(f"{p}: unsupported dtype/metric or bad sizes in header")
-        required = ["vectors", "row_work", "work_ids", "meta_offsets", "meta_blob"] + (["scales"] if dtype == "int8" else [])
+        required = ["vectors", "row_work", "work_ids", "meta_offsets", "meta_blob"] + (
+            ["scales"] if dtype == "int8" else []
+        )
         missing = [s for s in required if s not in f.arrays]
         if missing:
             raise IndexFileError(f"{p}: missing sections {missing}")
@@ -576,14 +593,19 @@ class ReferenceIndex:
             expect["scales"] = ((count,), np.dtype(np.float32))
         for name, (shape, dt) in expect.items():
             if a[name].shape != shape or a[name].dtype != dt:
-                raise IndexFileError(f"{p}: section {name!r} has shape {a[name].shape} {a[name].dtype}, expected {shape} {dt}")
+                raise IndexFileError(
+                    f"{p}: section {name!r} has shape {a[name].shape} {a[name].dtype}, expected {shape} {dt}"
+                )
         try:
             work_ids = json.loads(bytes(a["work_ids"]))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise IndexFileError(f"{p}: work id table is not valid JSON ({exc})") from None
         if not isinstance(work_ids, list) or len(work_ids) != num_works:
             raise IndexFileError(f"{p}: work id table does not list {num_works} works")
-        if any(isinstance(w, bool) or not isinstance(w, (str, int)) for w in work_ids) or len(set(work_ids)) != num_works:
+        if (
+            any(isinstance(w, bool) or not isinstance(w, (str, int)) for w in work_ids)
+            or len(set(work_ids)) != num_works
+        ):
             raise IndexFileError(f"{p}: work id table holds invalid or duplicate ids")
         row_work = np.asarray(a["row_work"])
         if count and (row_work.min() < 0 or row_work.max() >= num_works):
@@ -626,5 +648,11 @@ class ReferenceIndex:
         Raises IndexFileError describing the first problem found.
         """
         index = ReferenceIndex.load(path, mmap=True, verify=True)
-        return {"dim": index.dim, "dtype": index.dtype, "metric": index.metric, "count": len(index),
-                "num_works": index.num_works, **index_format.read_footer(path)[0]}
+        return {
+            "dim": index.dim,
+            "dtype": index.dtype,
+            "metric": index.metric,
+            "count": len(index),
+            "num_works": index.num_works,
+            **index_format.read_footer(path)[0],
+        }

@@ -59,7 +59,7 @@ class SectionSpec:
 
 def _bytes_of(arr: np.ndarray) -> memoryview:
     """A flat byte view of an array (empty arrays included)."""
-    return memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+    return np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
 
 
 def _crc32_of(buffer: memoryview, crc: int = 0) -> int:
@@ -82,7 +82,9 @@ class _SectionWriter:
             self._fh.write(b"\0" * pad)
             self._pos += pad
 
-    def write_array(self, name: str, dtype: np.dtype, shape: tuple[int, ...], chunks: Iterable[np.ndarray]) -> None:
+    def write_array(
+        self, name: str, dtype: np.dtype, shape: tuple[int, ...], chunks: Iterable[np.ndarray]
+    ) -> None:
         """Writes an array given as consecutive C-ordered chunks (rows of the full array)."""
         self._pad()
         offset, crc, nbytes = self._pos, 0, 0
@@ -104,7 +106,13 @@ class _SectionWriter:
         self._pad()
         footer = dict(header)
         footer["sections"] = {
-            s.name: {"offset": s.offset, "nbytes": s.nbytes, "dtype": s.dtype, "shape": list(s.shape), "crc32": s.crc32}
+            s.name: {
+                "offset": s.offset,
+                "nbytes": s.nbytes,
+                "dtype": s.dtype,
+                "shape": list(s.shape),
+                "crc32": s.crc32,
+            }
             for s in self.sections.values()
         }
         blob = json.dumps(footer, sort_keys=True, allow_nan=False).encode()
@@ -161,7 +169,11 @@ def _parse_sections(path: Path, footer: dict[str, Any], footer_offset: int) -> d
     for name, s in raw.items():
         try:
             spec = SectionSpec(
-                name, int(s["offset"]), int(s["nbytes"]), str(s["dtype"]), tuple(int(x) for x in s["shape"]),
+                name,
+                int(s["offset"]),
+                int(s["nbytes"]),
+                str(s["dtype"]),
+                tuple(int(x) for x in s["shape"]),
                 int(s["crc32"]),
             )
             dtype = np.dtype(spec.dtype)
@@ -189,7 +201,9 @@ def read_footer(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
             (version,) = struct.unpack_from("<I", head, len(MAGIC))
             if version > FORMAT_VERSION:
                 raise _fail(
-                    p, f"format version {version} is newer than this csi supports ({FORMAT_VERSION}); upgrade csi"
+                    p,
+                    f"format version {version} is newer than this csi supports ({FORMAT_VERSION}); "
+                    "upgrade csi",
                 )
             if version < 1:
                 raise _fail(p, f"unknown format version {version}")
@@ -237,8 +251,7 @@ def open_index_file(
                 else:
                     fh.seek(spec.offset)
                     arr = np.empty(spec.shape, dtype)
-                    view = memoryview(arr).cast("B")
-                    if fh.readinto(view) != spec.nbytes:
+                    if fh.readinto(_bytes_of(arr)) != spec.nbytes:
                         raise _fail(p, f"section {name!r} is truncated")
                 if name in check and _crc32_of(_bytes_of(arr)) != spec.crc32:
                     raise _fail(p, f"checksum mismatch in section {name!r} (file damaged)")

@@ -99,7 +99,9 @@ def as_refs(refs: npt.ArrayLike, scales: npt.ArrayLike | None) -> tuple[np.ndarr
             raise ValueError("int8 refs need their per-row scales (see csi_runtime.quantize_int8)")
         sc = np.asarray(scales)
         if sc.dtype.kind != "f" or sc.shape != (arr.shape[0],):
-            raise ValueError(f"scales must be floating point of shape ({arr.shape[0]},) (got {sc.dtype} {sc.shape})")
+            raise ValueError(
+                f"scales must be floating point of shape ({arr.shape[0]},) (got {sc.dtype} {sc.shape})"
+            )
         sc = np.ascontiguousarray(sc, dtype=np.float32)
         if not np.isfinite(sc).all() or (sc < 0).any():
             raise NonFiniteError("scales must be finite and >= 0")
@@ -179,13 +181,17 @@ def topk_cuda(
     if device_id >= count:
         raise CudaUnavailableError(f"cuda:{device_id} requested but only {count} CUDA device(s) present")
     if k > cuda.MAX_K:
-        raise ValueError(f"k = {k} exceeds the CUDA limit of {cuda.MAX_K}; use device='cpu' (k <= {CPU_MAX_K})")
+        raise ValueError(
+            f"k = {k} exceeds the CUDA limit of {cuda.MAX_K}; use device='cpu' (k <= {CPU_MAX_K})"
+        )
     try:
         scores, index = cuda.topk(queries, refs, scales, k, metric, device_id)
     except cuda.NonFiniteError as exc:
         if isinstance(refs, np.ndarray):
             raise _diagnose_nonfinite(refs, exc) from None
-        raise NonFiniteError(f"a score is NaN or Inf: the device arrays hold NaN/Inf or overflow ({exc})") from None
+        raise NonFiniteError(
+            f"a score is NaN or Inf: the device arrays hold NaN/Inf or overflow ({exc})"
+        ) from None
     return scores, index
 
 
@@ -231,7 +237,9 @@ def topk(
     refs_on_device = _is_device_array(refs)
     if refs_on_device or _is_device_array(queries):
         if kind == "cpu":
-            raise ValueError("queries/refs live on the GPU; use device='cuda' or 'auto', or copy them to host")
+            raise ValueError(
+                "queries/refs live on the GPU; use device='cuda' or 'auto', or copy them to host"
+            )
         return _topk_device_arrays(queries, refs, scales, k, metric, device_id)
 
     q, single = as_queries(queries)

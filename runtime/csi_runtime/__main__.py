@@ -1,0 +1,3 @@
+from csi_runtime.cli import main
+
+raise SystemExit(main())

@@ -33,7 +33,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -542,7 +542,7 @@ class ReferenceIndex:
                     "metric": self._metric,
                     "count": n,
                     "num_works": int(live_ordinals.size),
-                    "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
                 }
             )
         logger.info("saved reference index: %d vectors, %d works -> %s", n, live_ordinals.size, path)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from csi_runtime import Hit, IndexFileError, NonFiniteError, ReferenceIndex, quantize_int8
 from csi_runtime import index_format as fmt
+
 from reference import dense_refs, scores_f64, tolerance
 
 DTYPES = ["float32", "float16", "int8"]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from csi_runtime import _native, quantize_int8, topk
 from csi_runtime.ranking import topk_cpu
+
 from reference import assert_topk_exact
 
 ISAS = list(_native.cpu.supported_isas())

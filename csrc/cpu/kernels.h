@@ -24,10 +24,14 @@ struct Candidate {
   int64_t index;
 };
 
-// Total order used everywhere: higher score first, then lower index.
-inline bool better(const Candidate& a, const Candidate& b) {
-  return a.score > b.score || (a.score == b.score && a.index < b.index);
-}
+// Total order used everywhere: higher score first, then lower index. A function object (not
+// a function pointer) so std::nth_element/std::sort inline the comparison.
+struct Better {
+  bool operator()(const Candidate& a, const Candidate& b) const {
+    return a.score > b.score || (a.score == b.score && a.index < b.index);
+  }
+};
+constexpr Better better{};
 
 namespace cpu {
 

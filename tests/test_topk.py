@@ -42,6 +42,9 @@ def test_exact_across_shapes(rng: np.random.Generator, isa: str, storage: str, m
         (31, 128, 4097, 31),
         (40, 512, 700, 700),
         (100, 65, 5000, 200),
+        (2, 2048, 300, 20),
+        (20, 2048, 300, 20),
+        (7, 1000, 257, 3),
     ]:
         q = rng.standard_normal((nq, d)).astype(np.float32)
         refs, scales = make_refs(rng, n, d, storage)

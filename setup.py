@@ -73,15 +73,19 @@ def _cuda_mode() -> str:
 
 
 def _find_cuda_home() -> Path | None:
-    env = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if env and (Path(env) / "bin" / "nvcc").exists():
-        return Path(env)
+    """The first toolkit root holding both bin/nvcc and include/cuda_runtime.h.
+
+    `nvcc` on PATH may be a wrapper script outside the toolkit, so the conventional
+    /usr/local/cuda is tried after the directory it resolves to.
+    """
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
     nvcc = shutil.which("nvcc")
     if nvcc:
-        return Path(nvcc).resolve().parent.parent
-    default = Path("/usr/local/cuda")
-    if (default / "bin" / "nvcc").exists():
-        return default
+        candidates.append(str(Path(nvcc).resolve().parent.parent))
+    candidates.append("/usr/local/cuda")
+    for c in candidates:
+        if c and (Path(c) / "bin" / "nvcc").exists() and (Path(c) / "include" / "cuda_runtime.h").exists():
+            return Path(c)
     return None
 
 
@@ -202,6 +206,10 @@ def _extensions() -> list[Extension]:
     cuda_home = _find_cuda_home() if mode != "off" else None
     if mode == "on" and cuda_home is None:
         raise SystemExit("CSI_RUNTIME_CUDA=on but nvcc was not found (set CUDA_HOME or PATH)")
+    cuda_sources = [*_sources("cuda", ".cu"), "csrc/bindings_cuda.cpp"]
+    if cuda_home is not None and not all((ROOT / s).exists() for s in cuda_sources[-1:]):
+        print("csi: CUDA sources not present in this tree; building the CPU module only", file=sys.stderr)
+        cuda_home = None
     if cuda_home is not None:
         nvcc = cuda_home / "bin" / "nvcc"
         archs = _cuda_archs()
@@ -212,7 +220,7 @@ def _extensions() -> list[Extension]:
         )
         ext = Extension(
             "csi_runtime._cuda",
-            sources=[*_sources("cuda", ".cu"), "csrc/bindings_cuda.cpp"],
+            sources=cuda_sources,
             include_dirs=[str(cuda_home / "include")],
             define_macros=[
                 ("CSI_CUDA_ARCHS", '"' + ";".join(archs) + '"'),

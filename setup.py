@@ -65,15 +65,22 @@ def _cuda_mode() -> str:
 
 
 def _find_cuda_home() -> Path | None:
+    """The CUDA toolkit root: the first candidate with both bin/nvcc and include/cuda_runtime.h.
+
+    An nvcc on PATH may be a wrapper script outside the toolkit (e.g. /usr/local/bin/nvcc
+    exec'ing the real one), so its directory is only accepted when the headers sit beside it.
+    """
+    candidates: list[Path] = []
     env = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if env and (Path(env) / "bin" / "nvcc").exists():
-        return Path(env)
+    if env:
+        candidates.append(Path(env))
     nvcc = shutil.which("nvcc")
     if nvcc:
-        return Path(nvcc).resolve().parent.parent
-    default = Path("/usr/local/cuda")
-    if (default / "bin" / "nvcc").exists():
-        return default
+        candidates.append(Path(nvcc).resolve().parent.parent)
+    candidates.append(Path("/usr/local/cuda"))
+    for home in candidates:
+        if (home / "bin" / "nvcc").exists() and (home / "include" / "cuda_runtime.h").exists():
+            return home
     return None
 
 
@@ -193,7 +200,9 @@ def _extensions() -> list[Extension]:
             ],
             library_dirs=[str(lib_dir)],
             libraries=["cudart_static", "dl", "rt"],
-            depends=[str(p) for p in (CSRC / "cuda").glob("*.cuh")],
+            depends=[str(p) for p in (CSRC / "cuda").glob("*.cuh")]
+            + [str(p) for p in (CSRC / "cuda").glob("*.h")]
+            + [str(p) for p in (CSRC / "common").glob("*.h")],
             language="c++",
         )
         ext.cuda = {"nvcc": nvcc, "gencode": gencode}  # type: ignore[attr-defined]

@@ -15,12 +15,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import csi_runtime
 import numpy as np
 import pytest
-from topk_reference import assert_same_topk, check_topk
-
-import csi_runtime
 from csi_runtime import _native
+from topk_reference import assert_same_topk, check_topk
 
 ROOT = Path(__file__).resolve().parents[1]
 cuda = _native.cuda
@@ -34,7 +33,18 @@ def test_orchestration_cpp(tmp_path: Path) -> None:
     exe = tmp_path / "test_topk_plan"
     src = ROOT / "tests" / "cpp" / "test_topk_plan.cpp"
     build = subprocess.run(
-        [cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'csrc'}", str(src), "-o", str(exe)],
+        [
+            cxx,
+            "-std=c++17",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            f"-I{ROOT / 'csrc'}",
+            str(src),
+            "-o",
+            str(exe),
+        ],
         capture_output=True,
         text=True,
     )
@@ -91,7 +101,9 @@ def test_sort_key_order_matches_score_then_index() -> None:
         ]
     )
     idx = rng.permutation(len(scores)).astype(np.uint32)
-    keys = np.array([cuda._encode_key(float(s), int(i)) for s, i in zip(scores, idx, strict=True)], dtype=np.uint64)
+    keys = np.array(
+        [cuda._encode_key(float(s), int(i)) for s, i in zip(scores, idx, strict=True)], dtype=np.uint64
+    )
     order = np.argsort(keys, kind="stable")[::-1]  # keys are unique: descending order
     expect = np.lexsort((idx, -scores.astype(np.float64)))
     np.testing.assert_array_equal(order, expect)
@@ -179,7 +191,7 @@ def test_emulation_duplicates_tie_to_lower_index(dtype: str, metric: str) -> Non
         for cap in (0, 40):  # default, and tiny (many chunks, overflow splits)
             s, i, _ = emulate(q, r, k, metric, sc, cap=cap)
             check_topk(s, i, q, r, sc, k, metric, check_duplicates=True)
-            cs, ci = csi_runtime.topk(q, r, k, metric, device="cpu", scales=sc)
+            _cs, ci = csi_runtime.topk(q, r, k, metric, device="cpu", scales=sc)
             np.testing.assert_array_equal(i, ci)  # duplicates: exact ties, same answer
 
 
@@ -210,7 +222,9 @@ def test_emulation_blocks_slabs_and_chunks() -> None:
     k = 25
     full = emulate(q, r, k, "ip", sc)
     per_query = cuda._plan(37, 5000, 48, k, 1 << 30, cap=120)["bytes_per_query"]
-    s, i, stats = emulate(q, r, k, "ip", sc, budget_bytes=5 * per_query, slab_rows=700, max_chunk=300, cap=120)
+    s, i, stats = emulate(
+        q, r, k, "ip", sc, budget_bytes=5 * per_query, slab_rows=700, max_chunk=300, cap=120
+    )
     assert stats["blocks"] == 8  # 37 queries, 5 per block
     assert stats["slabs"] == 8 * 8  # ceil(5000 / 700) slabs per block
     check_topk(s, i, q, r, sc, k, "ip")

@@ -456,9 +456,18 @@ __global__ void __launch_bounds__(detail::kThreads, MINB) score_simt_kernel(Scor
     }
     if (p.l2 && tid < BN) {
       const float* row = Bs + tid * LDS;
+      float part = 0.0f;
 #pragma unroll 8
-      for (int j = 0; j < BK; ++j) nrm = fmaf(row[j], row[j], nrm);
+      for (int j = 0; j < BK; ++j) part = fmaf(row[j], row[j], part);
+      nrm += part;
     }
+    // Per-stage partial sums (as in the tensor-core path): FMA chains of 64 instead of D keep
+    // the rounding error near the CPU kernel's for large D.
+    float part[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) part[i][j] = 0.0f;
 #pragma unroll 4
     for (int kk = 0; kk < BK; ++kk) {
       float a[TM], b[TN];
@@ -469,8 +478,12 @@ __global__ void __launch_bounds__(detail::kThreads, MINB) score_simt_kernel(Scor
 #pragma unroll
       for (int i = 0; i < TM; ++i)
 #pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        for (int j = 0; j < TN; ++j) part[i][j] = fmaf(a[i], b[j], part[i][j]);
     }
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) acc[i][j] += part[i][j];
   }
 
   __syncthreads();

@@ -11,7 +11,6 @@
 //                         blocks are sized to a budget (half the free memory, 64 MiB..8 GiB)
 //   host references       2 slabs of min(256 MiB, free/16) (at least `cap` rows each)
 //   host queries/scales   one copy of each
-#include <cub/device/device_segmented_sort.cuh>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -24,6 +23,7 @@
 #include "cuda/cuda_check.cuh"
 #include "cuda/device_guard.cuh"
 #include "cuda/score_kernels.cuh"
+#include "cuda/segmented_sort.cuh"
 #include "cuda/topk_cuda.h"
 #include "cuda/topk_plan.h"
 
@@ -367,8 +367,8 @@ class GpuBackend {
                           ws_.compute),
           "cudaMemcpyAsync (segment ends)");
     size_t bytes = sort_bytes_;
-    check(cub::DeviceSegmentedSort::SortKeysDescending(sort_scratch_, bytes, cur_, other_, nq_ * plan_.stride, nq_,
-                                                       seg_begin_, meta_, ws_.compute),
+    check(sort_segments_descending(sort_scratch_, bytes, cur_, other_, nq_ * plan_.stride, nq_, seg_begin_, meta_,
+                                   ws_.compute),
           "cub::DeviceSegmentedSort::SortKeysDescending");
     update_thresholds_kernel<<<blocks_for(nq_, 256), 256, 0, ws_.compute>>>(other_, meta_ + nq_, thr_, filled_,
                                                                             int(nq_), plan_.stride, int(plan_.k));
@@ -402,10 +402,8 @@ class GpuBackend {
 
   void ensure_sort_scratch(int64_t nq) {
     size_t bytes = 0;
-    check(cub::DeviceSegmentedSort::SortKeysDescending(static_cast<void*>(nullptr), bytes,
-                                                       static_cast<const unsigned long long*>(nullptr),
-                                                       static_cast<unsigned long long*>(nullptr),
-                                                       nq * plan_.stride, nq, seg_begin_, meta_, ws_.compute),
+    check(sort_segments_descending(nullptr, bytes, nullptr, nullptr, nq * plan_.stride, nq, seg_begin_, meta_,
+                                   ws_.compute),
           "cub::DeviceSegmentedSort (scratch size)");
     if (bytes <= sort_bytes_ && sort_scratch_ != nullptr) return;
     if (sort_scratch_ != nullptr) ws_.free(sort_scratch_);

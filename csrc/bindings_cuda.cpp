@@ -61,7 +61,7 @@ struct ArrayArg {
   std::vector<int64_t> shape;
   DType dtype = DType::kOther;
   std::string dtype_str;
-  uintptr_t stream = 0;  // producer stream to synchronise with (v3), 0 = none
+  uintptr_t stream = 0;  // producer stream to synchronise with (1: legacy default stream), 0 = none
   py::object keepalive;  // holds a host array while the GIL is released
 };
 
@@ -101,10 +101,16 @@ ArrayArg parse_array(const py::object& obj, const char* name) {
       expect *= out.shape[size_t(i)];
     }
   }
-  if (iface.contains("stream") && !iface["stream"].is_none()) {
-    const auto s = iface["stream"].cast<uintptr_t>();
-    if (s == 0) throw py::value_error(std::string(name) + ": __cuda_array_interface__ stream 0 is not allowed");
-    out.stream = s;
+  if (iface.contains("stream")) {
+    if (!iface["stream"].is_none()) {
+      const auto s = iface["stream"].cast<uintptr_t>();
+      if (s == 0) throw py::value_error(std::string(name) + ": __cuda_array_interface__ stream 0 is not allowed");
+      out.stream = s;
+    }
+  } else {
+    // No stream key (v2 producers such as torch): the data may still be being written on the
+    // legacy default stream, with which our non-blocking streams do not synchronise implicitly.
+    out.stream = 1;
   }
   out.keepalive = obj;
   return out;

@@ -275,14 +275,21 @@ def test_torch_tensors_through_cuda_array_interface(rng) -> None:
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch without CUDA")
-    r = rng.standard_normal((30_000, 64), dtype=np.float32).astype(np.float16)
+    r = rng.standard_normal((300_000, 64), dtype=np.float32).astype(np.float16)
     q = rng.standard_normal((8, 64), dtype=np.float32)
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):  # produced on a side stream: the CAI stream is honoured
-        tr = torch.from_numpy(r).cuda(non_blocking=True)
-        tq = torch.from_numpy(q).cuda(non_blocking=True)
-        got = run_cuda(tq, tr, 25, "ip")
+    # Produced on torch's default stream, no explicit synchronisation: torch's interface (v2)
+    # carries no stream, so the module synchronises the legacy default stream before reading.
+    tr = torch.from_numpy(r).cuda(non_blocking=True) * 1.0
+    tq = torch.from_numpy(q).cuda(non_blocking=True) * 1.0
+    got = run_cuda(tq, tr, 25, "ip")
     check_against_cpu_and_float64(q, r, None, 25, "ip", got)
+    # Produced on a side stream: the producer synchronises (v2 has no way to say which stream).
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        tr2 = torch.from_numpy(r).cuda(non_blocking=True).flip(0).contiguous()
+    side.synchronize()
+    got2 = run_cuda(q, tr2, 25, "ip")
+    check_against_cpu_and_float64(q, r[::-1].copy(), None, 25, "ip", got2)
 
 
 # ---- non-finite input -------------------------------------------------------------------------

@@ -253,8 +253,9 @@ class GpuBackend {
         scales_ = s;
       }
     }
-    if (!a.refs_on_device) {
-      for (int i = 0; i < 2; ++i) slab_[i] = ws.alloc<char>(plan.slab_rows * row_bytes_, "reference staging");
+    if (!a.refs_on_device) {  // a second staging buffer only when there is a second slab
+      const int buffers = plan.slab_rows < a.n ? 2 : 1;
+      for (int i = 0; i < buffers; ++i) slab_[i] = ws.alloc<char>(plan.slab_rows * row_bytes_, "reference staging");
     }
     // Stream-ordered allocations become usable by the copy stream once the compute stream has
     // passed them.

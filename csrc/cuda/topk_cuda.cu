@@ -286,7 +286,7 @@ class GpuBackend {
     }
     // Slab i of a block lives in buffer i % 2; upload() skips a slab that is already there
     // (prefetched, or left by the previous query block).
-    const int slot = int((s0 / plan_.slab_rows) % 2);
+    const int slot = slabs_.slot_of(s0);
     upload(s0, s1, slot);
     check(cudaStreamWaitEvent(ws_.compute, ws_.h2d_done[slot], 0), "cudaStreamWaitEvent");
     slab_ptr_ = slab_[slot];
@@ -341,7 +341,7 @@ class GpuBackend {
     // pageable copy, which blocks this thread while it stages, runs alongside it).
     if (pending_) {
       pending_ = false;
-      upload(pend_s0_, pend_s1_, 1 - cur_slot_);
+      upload(pend_s0_, pend_s1_, slabs_.slot_of(pend_s0_));
     }
   }
 
@@ -380,7 +380,7 @@ class GpuBackend {
     if (a_.refs_on_device) return;
     if (pending_) {
       pending_ = false;
-      upload(pend_s0_, pend_s1_, 1 - cur_slot_);
+      upload(pend_s0_, pend_s1_, slabs_.slot_of(pend_s0_));
     }
     check(cudaEventRecord(ws_.slab_free[cur_slot_], ws_.compute), "cudaEventRecord");
   }
@@ -414,14 +414,12 @@ class GpuBackend {
   // Host rows [r0, r1) into staging buffer `slot` on the copy stream, after the compute stream
   // is done with the slab that buffer held before.
   void upload(int64_t r0, int64_t r1, int slot) {
-    if (loaded_[slot] == r0 && loaded_end_[slot] == r1) return;
+    if (!slabs_.claim(slot, r0, r1)) return;  // already there
     check(cudaStreamWaitEvent(ws_.copy, ws_.slab_free[slot], 0), "cudaStreamWaitEvent");
     check(cudaMemcpyAsync(slab_[slot], static_cast<const char*>(a_.refs) + r0 * row_bytes_,
                           size_t((r1 - r0) * row_bytes_), cudaMemcpyHostToDevice, ws_.copy),
           "cudaMemcpyAsync (references)", (r1 - r0) * row_bytes_);
     check(cudaEventRecord(ws_.h2d_done[slot], ws_.copy), "cudaEventRecord");
-    loaded_[slot] = r0;
-    loaded_end_[slot] = r1;
   }
 
   const TopkArgs& a_;
@@ -457,7 +455,7 @@ class GpuBackend {
 
   // Host-reference staging.
   char* slab_[2] = {nullptr, nullptr};
-  int64_t loaded_[2] = {-1, -1}, loaded_end_[2] = {-1, -1};
+  topk::SlabBuffers slabs_{plan_.slab_rows};
   const char* slab_ptr_ = nullptr;
   int64_t slab_s0_ = 0, slab_s1_ = 0;
   int cur_slot_ = 0;

@@ -138,12 +138,19 @@ class EmulatedBackend {
     }
   }
 
+  // Host references are emulated as on the GPU: two staging buffers managed by SlabBuffers,
+  // the next slab "uploaded" while this one is scored, and scores read from the buffer. A
+  // wrong slot or a wrongly skipped upload therefore gives wrong results here too.
   void begin_slab(int64_t s0, int64_t s1, int64_t n0, int64_t n1) {
     if (s0 < 0 || s1 > p_.n || s0 >= s1 || n0 != s1 || n1 < n0)
       throw std::logic_error("emulation: bad slab range");
     s0_ = s0;
     s1_ = s1;
     ++slab_calls_;
+    if (plan_.slab_rows >= p_.n) return;  // references "on the device": read in place
+    cur_slot_ = slabs_.slot_of(s0);
+    upload(s0, s1, cur_slot_);
+    if (n1 > n0) upload(n0, n1, slabs_.slot_of(n0));
   }
 
   void end_slab() { s0_ = s1_ = -1; }
@@ -204,7 +211,21 @@ class EmulatedBackend {
 
  private:
   float score(int64_t q, int64_t r) const {
-    return emulated_score(p_, hi_.data() + q * p_.d, lo_.data() + q * p_.d, qinv_[size_t(q)], r);
+    if (plan_.slab_rows >= p_.n)
+      return emulated_score(p_, hi_.data() + q * p_.d, lo_.data() + q * p_.d, qinv_[size_t(q)], r);
+    HostProblem staged = p_;  // rows of the resident slab, from its staging buffer
+    staged.refs = staging_[size_t(cur_slot_)].data();
+    staged.scales = p_.scales != nullptr ? p_.scales + s0_ : nullptr;
+    return emulated_score(staged, hi_.data() + q * p_.d, lo_.data() + q * p_.d, qinv_[size_t(q)], r - s0_);
+  }
+
+  void upload(int64_t r0, int64_t r1, int slot) {
+    if (!slabs_.claim(slot, r0, r1)) return;
+    const int64_t row_bytes = p_.d * ref_type_bytes(p_.type);
+    auto& buf = staging_[size_t(slot)];
+    buf.assign(size_t(plan_.slab_rows * row_bytes), 0xAB);  // stale bytes must never be read
+    const auto* src = static_cast<const uint8_t*>(p_.refs) + r0 * row_bytes;
+    std::copy(src, src + (r1 - r0) * row_bytes, buf.begin());
   }
 
   HostProblem p_;
@@ -212,6 +233,9 @@ class EmulatedBackend {
   float* out_scores_;
   int64_t* out_index_;
   int64_t q0_ = 0, nq_ = 0, s0_ = -1, s1_ = -1, slab_calls_ = 0;
+  SlabBuffers slabs_{plan_.slab_rows};
+  int cur_slot_ = 0;
+  std::vector<uint8_t> staging_[2];
   bool nonfinite_ = false;
   std::vector<uint64_t> cur_, other_;
   std::vector<float> thr_, hi_, lo_, qinv_;

@@ -154,6 +154,29 @@ class ChunkSchedule {
   int64_t next_ = 0;
 };
 
+// Which of the two device staging buffers holds which slab of host references. Slab i (rows
+// [i * slab_rows, ...)) always goes to buffer i % 2, so the slab being scored and the next one
+// (uploaded meanwhile) never share a buffer; an upload is skipped when the buffer still holds
+// exactly those rows (a prefetched slab, or the last slabs of the previous query block).
+class SlabBuffers {
+ public:
+  explicit SlabBuffers(int64_t slab_rows) : slab_rows_(slab_rows) {}
+
+  int slot_of(int64_t s0) const { return int((s0 / slab_rows_) % 2); }
+
+  // True when rows [r0, r1) must be uploaded into `slot`; records that the slot holds them.
+  bool claim(int slot, int64_t r0, int64_t r1) {
+    if (rows_[slot][0] == r0 && rows_[slot][1] == r1) return false;
+    rows_[slot][0] = r0;
+    rows_[slot][1] = r1;
+    return true;
+  }
+
+ private:
+  int64_t slab_rows_;
+  int64_t rows_[2][2] = {{-1, -1}, {-1, -1}};
+};
+
 // Counters reported by a run (tests check that the overflow path was taken; the CUDA tests
 // read them through _cuda._topk_with_stats).
 struct RunStats {

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from csi_runtime import default_threads, quantize_int8
 from csi_runtime.ranking import topk_cpu
 

@@ -26,9 +26,10 @@ from __future__ import annotations
 import statistics
 import time
 
-import csi_runtime
 import numpy as np
 import pytest
+
+import csi_runtime
 from csi_runtime import _native
 
 torch = pytest.importorskip("torch")

@@ -12,10 +12,12 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import csi_runtime
 import numpy as np
 import pytest
+
+import csi_runtime
 from csi_runtime import NonFiniteError, _native
+
 from topk_reference import Reference, assert_same_topk, check_topk
 
 cuda = _native.cuda

@@ -11,9 +11,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import csi_runtime
 import numpy as np
 import pytest
+
+import csi_runtime
 from csi_runtime import CudaUnavailableError, _native
 
 cuda = _native.cuda

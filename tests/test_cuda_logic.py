@@ -15,10 +15,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import csi_runtime
 import numpy as np
 import pytest
+
+import csi_runtime
 from csi_runtime import _native
+
 from topk_reference import assert_same_topk, check_topk
 
 ROOT = Path(__file__).resolve().parents[1]

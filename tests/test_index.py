@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from csi_runtime import Hit, IndexFileError, NonFiniteError, ReferenceIndex, quantize_int8
 from csi_runtime import index_format as fmt
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from csi_runtime import ReferenceIndex
 
 SAVER = textwrap.dedent(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from csi_runtime import dequantize_int8, quantize_int8, topk
 
 D, WORKS, VERSIONS, QUERIES, K = 256, 2000, 5, 400, 10

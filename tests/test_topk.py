@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import csi_runtime
 import numpy as np
 import pytest
+
+import csi_runtime
 from csi_runtime import _native, quantize_int8, topk
 from csi_runtime.ranking import topk_cpu
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from csi_runtime import CPU_MAX_K, CudaUnavailableError, NonFiniteError, _native, quantize_int8, topk
 
 

@@ -40,11 +40,21 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from csi_runtime import index_format
+from csi_runtime import _native, index_format
 from csi_runtime.errors import IndexFileError, NonFiniteError
 from csi_runtime.info import __version__
 from csi_runtime.quantize import quantize_int8
-from csi_runtime.ranking import CPU_MAX_K, METRICS, as_queries, topk
+from csi_runtime.ranking import (
+    CPU_MAX_K,
+    METRICS,
+    as_queries,
+    check_threads,
+    cuda_max_k,
+    parse_device,
+    require_cuda,
+    topk_cpu,
+    topk_cuda,
+)
 
 logger = logging.getLogger("csi_runtime")
 
@@ -56,6 +66,8 @@ STORAGE: dict[str, np.dtype[Any]] = {
 }
 FLOAT16_MAX = 65504.0
 _INITIAL_CAPACITY = 1024
+# device="auto" mirrors the catalog on the GPU only if it takes at most this share of its memory.
+_AUTO_GPU_MEMORY_SHARE = 0.5
 _SAVE_CHUNK_ROWS = 1 << 16
 # Sections whose checksums are always verified on load (small next to the vectors).
 _ALWAYS_VERIFIED = ("scales", "row_work", "work_ids", "meta_offsets", "meta_blob")
@@ -236,6 +248,9 @@ class ReferenceIndex:
         self._tail = _GrowableSegment(self._dim, self._dtype)
         self._snapshot = _Snapshot((), frozenset(), 0, 0)
         self._source: Path | None = None
+        # GPU copies of segments: (id(segment), device) -> (segment, vectors, scales).
+        self._mirror_lock = threading.Lock()
+        self._mirrors: dict[tuple[int, int], tuple[_Segment, Any, Any]] = {}
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -380,6 +395,11 @@ class ReferenceIndex:
         Args:
             queries: ``[Q, D]`` or ``[D]`` float vectors.
             k: works per query (at most the number of works in the index).
+            device: ``"cpu"``, ``"cuda"``/``"cuda:N"``, or ``"auto"`` (the GPU when one is usable
+                and the catalog takes at most half its memory). On a GPU the vectors are
+                mirrored in device memory on first use and reused; rows added later are
+                uploaded again (only the in-memory tail, not a loaded file's rows).
+            threads: CPU threads (default: all this process may use).
 
         Returns:
             For each query a list of up to k :class:`Hit` ``(work_id, score, metadata)``, best
@@ -398,6 +418,9 @@ class ReferenceIndex:
         if snap.live_works == 0:
             raise ValueError("the index is empty: add reference vectors before searching")
         k_works = min(int(k), snap.live_works)
+        kind, device_id = self._resolve_device(device, snap)
+        n_threads = check_threads(threads)
+        max_rows = cuda_max_k() if kind == "cuda" else CPU_MAX_K
         total_rows = sum(s.rows for s in snap.segments)
         removed = np.fromiter(snap.removed, np.int64, len(snap.removed))
         # Enough rows for k distinct works when works have the average number of vectors;
@@ -406,12 +429,12 @@ class ReferenceIndex:
         results: list[list[Hit] | None] = [None] * q.shape[0]
         pending = np.arange(q.shape[0])
         while pending.size:
-            if rows_k > CPU_MAX_K and rows_k < total_rows:
+            if rows_k > max_rows and rows_k < total_rows:
                 raise ValueError(
-                    f"finding {k_works} distinct works needs more than {CPU_MAX_K} candidate vectors; "
+                    f"finding {k_works} distinct works needs more than {max_rows} candidate vectors; "
                     "lower k or remove duplicate vectors"
                 )
-            scores, seg_idx, rows = self._top_rows(snap, q[pending], rows_k, device, threads)
+            scores, seg_idx, rows = self._top_rows(snap, q[pending], rows_k, kind, device_id, n_threads)
             still = []
             for j, qi in enumerate(pending):
                 hits = self._aggregate(snap, scores[j], seg_idx[j], rows[j], removed, k_works)
@@ -423,14 +446,54 @@ class ReferenceIndex:
             rows_k = min(total_rows, 2 * rows_k)
         return results  # type: ignore[return-value]
 
+    def _resolve_device(self, device: str, snap: _Snapshot) -> tuple[str, int]:
+        kind, device_id = parse_device(device)
+        if kind != "auto":
+            return kind, device_id
+        if not _native.cuda_available():
+            return "cpu", 0
+        nbytes = sum(
+            s.vectors.nbytes + (s.scales.nbytes if s.scales is not None else 0) for s in snap.segments
+        )
+        total = int(_native.cuda.device_info(0)["total_memory"])  # type: ignore[union-attr]
+        return ("cuda", 0) if nbytes <= _AUTO_GPU_MEMORY_SHARE * total else ("cpu", 0)
+
+    def _device_arrays(self, seg: _Segment, device_id: int) -> tuple[Any, Any]:
+        """The segment's vectors (and scales) in GPU memory, uploaded once per segment."""
+        key = (id(seg), device_id)
+        with self._mirror_lock:
+            cached = self._mirrors.get(key)
+            if cached is not None and cached[0] is seg:
+                return cached[1], cached[2]
+            # Forget mirrors of segments the index no longer holds (a search still running on
+            # an older snapshot keeps its arrays alive through its own references).
+            live = {id(s) for s in self._snapshot.segments}
+            for stale in [k for k in self._mirrors if k[0] not in live]:
+                del self._mirrors[stale]
+            cuda = require_cuda(device_id)
+            vectors = cuda.DeviceArray.from_host(np.ascontiguousarray(seg.vectors), device_id)
+            scales = cuda.DeviceArray.from_host(seg.scales, device_id) if seg.scales is not None else None
+            self._mirrors[key] = (seg, vectors, scales)
+            logger.info(
+                "mirrored %d reference vectors on cuda:%d (%d bytes)", seg.rows, device_id, vectors.nbytes
+            )
+            return vectors, scales
+
     def _top_rows(
-        self, snap: _Snapshot, q: np.ndarray, rows_k: int, device: str, threads: int | None
+        self, snap: _Snapshot, q: np.ndarray, rows_k: int, kind: str, device_id: int, threads: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Best rows over all segments: (scores, segment number, row in segment), each [Q, m]."""
+        """Best rows over all segments: (scores, segment number, row in segment), each [Q, m].
+
+        Calls the kernels directly: the index's arrays were validated when added or loaded.
+        """
         parts_s, parts_g, parts_r = [], [], []
         for g, seg in enumerate(snap.segments):
             kk = min(rows_k, seg.rows)
-            s, r = topk(q, seg.vectors, kk, self._metric, device, scales=seg.scales, threads=threads)
+            if kind == "cuda":
+                vectors, scales = self._device_arrays(seg, device_id)
+                s, r = topk_cuda(q, vectors, scales, kk, self._metric, device_id)
+            else:
+                s, r = topk_cpu(q, seg.vectors, seg.scales, kk, self._metric, threads)
             parts_s.append(s)
             parts_r.append(r)
             parts_g.append(np.full_like(r, g))

@@ -126,7 +126,7 @@ def check_k(k: Any, n: int) -> int:
     return int(k)
 
 
-def _parse_device(device: str) -> tuple[str, int]:
+def parse_device(device: str) -> tuple[str, int]:
     if not isinstance(device, str):
         raise TypeError(f"device must be a string (got {type(device).__name__})")
     if device in ("auto", "cpu", "cuda"):
@@ -136,7 +136,7 @@ def _parse_device(device: str) -> tuple[str, int]:
     raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (got {device!r})")
 
 
-def _check_threads(threads: int | None) -> int:
+def check_threads(threads: int | None) -> int:
     if threads is None:
         return default_threads()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -168,18 +168,27 @@ def topk_cpu(
     return scores, index
 
 
-def topk_cuda(
-    queries: Any, refs: Any, scales: Any, k: int, metric: str, device_id: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The CUDA kernel; queries/refs/scales are validated numpy arrays or CUDA device arrays."""
+def require_cuda(device_id: int) -> Any:
+    """The CUDA module, after checking that device ``device_id`` can be used."""
     cuda = _native.cuda
     if cuda is None:
         raise CudaUnavailableError("csi_runtime was built without CUDA (nvcc was not found at install time)")
     count = _native.cuda_device_count()
     if count == 0:
-        raise CudaUnavailableError("no usable CUDA device (no GPU, or no NVIDIA driver)")
+        reason = cuda.last_error() if hasattr(cuda, "last_error") else ""
+        raise CudaUnavailableError(
+            "no usable CUDA device (no GPU, or no NVIDIA driver)" + (f": {reason}" if reason else "")
+        )
     if device_id >= count:
         raise CudaUnavailableError(f"cuda:{device_id} requested but only {count} CUDA device(s) present")
+    return cuda
+
+
+def topk_cuda(
+    queries: Any, refs: Any, scales: Any, k: int, metric: str, device_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The CUDA kernel; queries/refs/scales are validated numpy arrays or CUDA device arrays."""
+    cuda = require_cuda(device_id)
     if k > cuda.MAX_K:
         raise ValueError(
             f"k = {k} exceeds the CUDA limit of {cuda.MAX_K}; use device='cpu' (k <= {CPU_MAX_K})"
@@ -231,8 +240,8 @@ def topk(
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be 'ip' or 'l2' (got {metric!r})")
-    kind, device_id = _parse_device(device)
-    n_threads = _check_threads(threads)
+    kind, device_id = parse_device(device)
+    n_threads = check_threads(threads)
 
     refs_on_device = _is_device_array(refs)
     if refs_on_device or _is_device_array(queries):

@@ -53,7 +53,7 @@ inline void transpose(vf r[W]) {
 
 constexpr int QR = 6;
 constexpr int NRV = 2;
-constexpr int stream_rows(int nq) { return nq <= 2 ? 4 : (nq <= 4 ? 2 : 1); }
+constexpr int stream_rows(int nq, int elem_bytes) { return nq <= 2 && elem_bytes < 4 ? 4 : (nq <= 4 ? 2 : 1); }
 
 #include "cpu/kernels_impl.h"
 

@@ -6,7 +6,7 @@
 //   vload_f32 vload_f16 vload_i8           W storage elements -> fp32 lanes
 //   transpose(vf r[W])                     in-register W x W transpose
 //   constexpr int QR, NRV                  GEMM tile: QR query rows x NRV*W reference lanes
-//   constexpr int stream_rows(int nq)      references per streaming step for nq queries
+//   constexpr int stream_rows(int nq, int elem_bytes)  references per streaming step
 //
 // Everything here must stay free of std:: templates: this code is compiled with wide-vector
 // flags, and a shared (weak) template instantiation could be picked by the generic build.
@@ -94,7 +94,7 @@ inline void stream_block(const float* Q, int64_t dq, int64_t d, const T* R, cons
 template <int QT, bool L2, class T>
 void stream_typed(const float* Q, int64_t dq, int64_t d, const T* R, const float* scales, int64_t n, float* S,
                   int64_t lds) {
-  constexpr int RT = stream_rows(QT);
+  constexpr int RT = stream_rows(QT, int(sizeof(T)));
   int64_t j = 0;
   for (; j + RT <= n; j += RT) stream_block<QT, RT, L2, T>(Q, dq, d, R, scales, j, S, lds);
   for (; j < n; ++j) stream_block<QT, 1, L2, T>(Q, dq, d, R, scales, j, S, lds);

@@ -42,6 +42,7 @@ struct KernelTable {
   const char* name;
   int vector_width;  // fp32 lanes per SIMD register
   int qr;            // query rows per GEMM tile
+  int qr_step;       // the last tile of a query set may be shorter: any multiple of this
   int nr;            // reference lanes per packed GEMM panel
 
   // Few-query scan straight from the storage type (no packing).
@@ -51,8 +52,8 @@ struct KernelTable {
   void (*stream_scores)(const float* Q, int nq_pad, int64_t dq, int64_t d, const void* R, Storage storage,
                         const float* scales, int64_t n, bool l2, float* S, int64_t lds);
 
-  // Packs queries into tiles of `qr` rows: Qp[t][p][i] = Q[t*qr + i][p], zero padded to a
-  // multiple of qr rows. Qp holds ceil(nq/qr) * d * qr floats.
+  // Packs queries into tiles of `qr` rows: Qp[t][p][i] = Q[t*qr + i][p]. Tile t starts at
+  // Qp + t*qr*d; the last tile has round_up(rows left, qr_step) rows, zero padded.
   void (*pack_queries)(const float* Q, int64_t nq, int64_t d, float* Qp);
 
   // Converts n <= block refs to fp32 (scales applied) and packs them into panels of `nr`
@@ -60,12 +61,13 @@ struct KernelTable {
   void (*pack_refs)(const void* R, Storage storage, const float* scales, int64_t n, int64_t d, bool l2,
                     float* Rp, float* norms);
 
-  // Scores one packed query tile against `npanels` packed panels:
-  //   S[i, pnl*nr + l] for i < qr; same score definition as stream_scores.
+  // Scores one packed query tile of `rows` rows (qr, or a multiple of qr_step for the last
+  // tile) against `npanels` packed panels: S[i, pnl*nr + l] for i < rows; same score
+  // definition as stream_scores.
   // Meanwhile prefetches [prefetch, prefetch + prefetch_bytes) into L2 (the next raw block),
   // so packing that block overlaps with this arithmetic instead of stalling on memory.
-  void (*gemm_scores)(const float* Qp_tile, const float* Rp, int64_t npanels, int64_t d, const float* norms,
-                      float* S, int64_t lds, const void* prefetch, int64_t prefetch_bytes);
+  void (*gemm_scores)(const float* Qp_tile, int rows, const float* Rp, int64_t npanels, int64_t d,
+                      const float* norms, float* S, int64_t lds, const void* prefetch, int64_t prefetch_bytes);
 
   // Appends every s[j] > thr as Candidate{s[j], base + j} to out (room for n entries) and
   // returns how many were appended. Sets *nonfinite to 1 if any s[j] is NaN or +-Inf.

@@ -52,6 +52,7 @@ inline void transpose(vf r[W]) {
 }
 
 constexpr int QR = 6;
+constexpr int QR_STEP = 2;
 constexpr int NRV = 2;
 constexpr int stream_rows(int nq, int elem_bytes) { return nq <= 2 && elem_bytes < 4 ? 4 : (nq <= 4 ? 2 : 1); }
 

@@ -64,6 +64,7 @@ inline void transpose(vf r[W]) {
 }
 
 constexpr int QR = 12;
+constexpr int QR_STEP = 4;
 constexpr int NRV = 2;
 // Rows scanned together: more rows amortise the query loads, but each row is a separate memory
 // stream, and past ~2 KiB of interleaved rows the prefetchers fall behind (measured on Zen 4).

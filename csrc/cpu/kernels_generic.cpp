@@ -83,6 +83,7 @@ inline void transpose(vf r[W]) {
 }
 
 constexpr int QR = 4;
+constexpr int QR_STEP = 4;
 constexpr int NRV = 2;
 constexpr int stream_rows(int nq, int elem_bytes) { return nq <= 1 && elem_bytes < 4 ? 4 : (nq <= 4 ? 2 : 1); }
 

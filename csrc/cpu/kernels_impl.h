@@ -6,6 +6,7 @@
 //   vload_f32 vload_f16 vload_i8           W storage elements -> fp32 lanes
 //   transpose(vf r[W])                     in-register W x W transpose
 //   constexpr int QR, NRV                  GEMM tile: QR query rows x NRV*W reference lanes
+//   constexpr int QR_STEP                  shorter last tiles are multiples of this (QR/QR_STEP <= 3)
 //   constexpr int stream_rows(int nq, int elem_bytes)  references per streaming step
 //
 // Everything here must stay free of std:: templates: this code is compiled with wide-vector
@@ -139,17 +140,13 @@ void stream_scores(const float* Q, int nq_pad, int64_t dq, int64_t d, const void
 // Packing.
 
 void pack_queries(const float* Q, int64_t nq, int64_t d, float* Qp) {
-  const int64_t tiles = (nq + QR - 1) / QR;
-  for (int64_t t = 0; t < tiles; ++t) {
-    float* dst = Qp + t * d * QR;
-    for (int i = 0; i < QR; ++i) {
-      const int64_t q = t * QR + i;
-      if (q < nq) {
-        const float* src = Q + q * d;
-        for (int64_t p = 0; p < d; ++p) dst[p * QR + i] = src[p];
-      } else {
-        for (int64_t p = 0; p < d; ++p) dst[p * QR + i] = 0.0f;
-      }
+  for (int64_t t0 = 0; t0 < nq; t0 += QR) {
+    const int64_t left = nq - t0;
+    const int64_t rows = left >= QR ? QR : (left + QR_STEP - 1) / QR_STEP * QR_STEP;
+    float* dst = Qp + t0 * d;
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t q = t0 + i;
+      for (int64_t p = 0; p < d; ++p) dst[p * rows + i] = q < nq ? Q[q * d + p] : 0.0f;
     }
   }
 }
@@ -247,7 +244,7 @@ void pack_refs(const void* R, Storage st, const float* scales, int64_t n, int64_
 // ----------------------------------------------------------------------------------------
 // GEMM micro-kernel: QR x NR scores per panel, accumulated in registers over all of d.
 
-template <bool L2>
+template <int ROWS, bool L2>
 void gemm_typed(const float* Qp, const float* Rp, int64_t npanels, int64_t d, const float* norms, float* S,
                 int64_t lds, const char* prefetch, int64_t prefetch_bytes) {
   const int64_t pf_lines = (prefetch_bytes + 63) / 64;
@@ -257,25 +254,25 @@ void gemm_typed(const float* Qp, const float* Rp, int64_t npanels, int64_t d, co
     for (int64_t l = 0; l < pf_per_panel && pf_next < pf_lines; ++l, ++pf_next)
       __builtin_prefetch(prefetch + pf_next * 64, 0, 2);
     const float* rp = Rp + pnl * d * NR;
-    vf acc[QR][NRV];
+    vf acc[ROWS][NRV];
 #pragma GCC unroll 16
-    for (int i = 0; i < QR; ++i)
+    for (int i = 0; i < ROWS; ++i)
 #pragma GCC unroll 4
       for (int v = 0; v < NRV; ++v) acc[i][v] = vzero();
     for (int64_t p = 0; p < d; ++p) {
       vf b[NRV];
 #pragma GCC unroll 4
       for (int v = 0; v < NRV; ++v) b[v] = vload(rp + p * NR + v * W);
-      const float* a = Qp + p * QR;
+      const float* a = Qp + p * ROWS;
 #pragma GCC unroll 16
-      for (int i = 0; i < QR; ++i) {
+      for (int i = 0; i < ROWS; ++i) {
         const vf av = vbcast(a[i]);
 #pragma GCC unroll 4
         for (int v = 0; v < NRV; ++v) acc[i][v] = vfma(av, b[v], acc[i][v]);
       }
     }
 #pragma GCC unroll 16
-    for (int i = 0; i < QR; ++i)
+    for (int i = 0; i < ROWS; ++i)
 #pragma GCC unroll 4
       for (int v = 0; v < NRV; ++v) {
         vf s = acc[i][v];
@@ -285,13 +282,27 @@ void gemm_typed(const float* Qp, const float* Rp, int64_t npanels, int64_t d, co
   }
 }
 
-void gemm_scores(const float* Qp, const float* Rp, int64_t npanels, int64_t d, const float* norms, float* S,
-                 int64_t lds, const void* prefetch, int64_t prefetch_bytes) {
-  const char* pf = static_cast<const char*>(prefetch);
+template <int ROWS>
+void gemm_rows(const float* Qp, const float* Rp, int64_t npanels, int64_t d, const float* norms, float* S,
+               int64_t lds, const char* prefetch, int64_t prefetch_bytes) {
   if (norms)
-    gemm_typed<true>(Qp, Rp, npanels, d, norms, S, lds, pf, prefetch_bytes);
+    gemm_typed<ROWS, true>(Qp, Rp, npanels, d, norms, S, lds, prefetch, prefetch_bytes);
   else
-    gemm_typed<false>(Qp, Rp, npanels, d, norms, S, lds, pf, prefetch_bytes);
+    gemm_typed<ROWS, false>(Qp, Rp, npanels, d, norms, S, lds, prefetch, prefetch_bytes);
+}
+
+// Tile heights QR_STEP, 2 QR_STEP, ..., QR (at most three), so a short last tile of queries
+// costs what it holds rather than a full tile.
+void gemm_scores(const float* Qp, int rows, const float* Rp, int64_t npanels, int64_t d, const float* norms,
+                 float* S, int64_t lds, const void* prefetch, int64_t prefetch_bytes) {
+  const char* pf = static_cast<const char*>(prefetch);
+  static_assert(QR % QR_STEP == 0 && QR / QR_STEP <= 3, "tile heights");
+  if (rows == QR)
+    gemm_rows<QR>(Qp, Rp, npanels, d, norms, S, lds, pf, prefetch_bytes);
+  else if (rows == QR_STEP)
+    gemm_rows<QR_STEP>(Qp, Rp, npanels, d, norms, S, lds, pf, prefetch_bytes);
+  else
+    gemm_rows<(QR / QR_STEP == 3 ? 2 * QR_STEP : QR)>(Qp, Rp, npanels, d, norms, S, lds, pf, prefetch_bytes);
 }
 
 // ----------------------------------------------------------------------------------------
@@ -345,7 +356,7 @@ float stream_sum(const float* x, int64_t n) {
 }
 
 const KernelTable* make_table(const char* name) {
-  static const KernelTable table = {name,        W,           QR,     NR,        stream_scores,
-                                    pack_queries, pack_refs, gemm_scores, filter, stream_sum};
+  static const KernelTable table = {name,      W,         QR,          QR_STEP, NR,        stream_scores,
+                                    pack_queries, pack_refs, gemm_scores, filter,  stream_sum};
   return &table;
 }

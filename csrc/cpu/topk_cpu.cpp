@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <vector>
@@ -39,17 +40,80 @@ struct TaskBuffers {
   int64_t cap;
 };
 
-// Keeps the best k candidates of a buffer and raises its threshold to the k-th score.
-void compact(Candidate* buf, QueryState& st, int64_t k) {
-  if (st.count <= k) return;
-  std::nth_element(buf, buf + (k - 1), buf + st.count, better);
-  st.thr = buf[k - 1].score;
+// Reusable memory for selecting the best k of a candidate buffer.
+struct SelectScratch {
+  std::vector<float> scores;
+  std::vector<float> sample;
+  std::vector<Candidate> ties;
+};
+
+constexpr int64_t kSampledCompactionMinK = 128;  // below this an exact selection is as cheap
+constexpr int64_t kCompactionSample = 256;
+
+// Moves the best k of buf[0, n) (n > k) to the front, in no particular order, and returns the
+// k-th best score. The k-th score is found on a float copy (cheaper than selecting 16-byte
+// records with a two-key comparison); records scoring above it are then compacted in place and
+// the remaining places go to the lowest indices among those scoring exactly it.
+float keep_best(Candidate* buf, int64_t n, int64_t k, SelectScratch& s) {
+  s.scores.resize(size_t(n));
+  for (int64_t i = 0; i < n; ++i) s.scores[size_t(i)] = buf[i].score;
+  std::nth_element(s.scores.begin(), s.scores.begin() + (k - 1), s.scores.end(), std::greater<float>());
+  const float kth = s.scores[size_t(k - 1)];
+  s.ties.clear();
+  int64_t out = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (buf[i].score > kth)
+      buf[out++] = buf[i];
+    else if (buf[i].score == kth)
+      s.ties.push_back(buf[i]);
+  }
+  const int64_t need = k - out;  // >= 1: the k-th score itself is among the ties
+  std::partial_sort(s.ties.begin(), s.ties.begin() + need, s.ties.end(),
+                    [](const Candidate& a, const Candidate& b) { return a.index < b.index; });
+  std::copy(s.ties.begin(), s.ties.begin() + need, buf + out);
+  return kth;
+}
+
+// Raises a full buffer's threshold and drops the candidates at or below it.
+//
+// Any threshold t with at least k candidates strictly above it is exact: each dropped candidate
+// (score <= t) and each later reference scoring <= t has k better ones. For large k, t is taken
+// from a sample of the scores so that about 1.25 k survive, which costs a few branch-free passes
+// instead of an exact selection (the dominant cost of selective queries, e.g. k = 1000 of 1e5).
+// The exact selection remains for small k and for samples that miss (ties, skewed buffers).
+void compact(Candidate* buf, QueryState& st, int64_t k, SelectScratch& s) {
+  const int64_t n = st.count;
+  if (n <= k) return;
+  if (k >= kSampledCompactionMinK) {
+    s.scores.resize(size_t(n));
+    for (int64_t i = 0; i < n; ++i) s.scores[size_t(i)] = buf[i].score;
+    const int64_t m = std::min(n, kCompactionSample);
+    s.sample.resize(size_t(m));
+    for (int64_t i = 0; i < m; ++i) s.sample[size_t(i)] = s.scores[size_t(i * n / m)];
+    for (const double keep : {1.25, 1.6}) {
+      const int64_t rank = std::min(m - 1, int64_t(double(m) * keep * double(k) / double(n)));
+      std::nth_element(s.sample.begin(), s.sample.begin() + rank, s.sample.end(), std::greater<float>());
+      const float t = s.sample[size_t(rank)];
+      int64_t above = 0;
+      for (int64_t i = 0; i < n; ++i) above += s.scores[size_t(i)] > t;
+      if (above < k || above > (n + k) / 2) continue;  // too few kept, or too little dropped
+      int64_t out = 0;
+      for (int64_t i = 0; i < n; ++i) {  // branch-free stable compaction
+        buf[out] = buf[i];
+        out += s.scores[size_t(i)] > t;
+      }
+      st.thr = t;
+      st.count = out;
+      return;
+    }
+  }
+  st.thr = keep_best(buf, n, k, s);
   st.count = k;
 }
 
 void offer(const cpu::KernelTable& kt, const float* scores, int64_t len, int64_t base, Candidate* buf,
-           QueryState& st, int64_t cap, int64_t k, int* nonfinite) {
-  if (st.count + len > cap) compact(buf, st, k);
+           QueryState& st, int64_t cap, int64_t k, SelectScratch& scratch, int* nonfinite) {
+  if (st.count + len > cap) compact(buf, st, k, scratch);
   st.count += kt.filter(scores, len, st.thr, base, buf + st.count, nonfinite);
 }
 
@@ -80,7 +144,7 @@ Plan make_plan(const TopkProblem& p, const TopkOptions& o, const cpu::KernelTabl
   };
   auto cap_for = [&](int64_t r_slabs) {
     const int64_t slab_rows = ceil_div(p.n, r_slabs);
-    return std::min(2 * p.k, slab_rows) + plan.block;
+    return std::min(4 * p.k, slab_rows) + plan.block;
   };
   int64_t qs, rs;
   slabs_for(p.nq, &qs, &rs);
@@ -102,6 +166,7 @@ void run_stream_task(const TopkProblem& p, const cpu::KernelTable& kt, const Pla
   std::vector<float> qpad(size_t(nq_pad * dq), 0.0f);
   for (int64_t q = 0; q < nq; ++q) std::copy(chunk_q + q * p.d, chunk_q + (q + 1) * p.d, qpad.data() + q * dq);
   std::vector<float> scores(size_t(nq_pad * plan.block));
+  SelectScratch scratch;
   const char* refs = static_cast<const char*>(p.refs);
   const int64_t row_bytes = p.d * storage_bytes(p.storage);
   for (int64_t b0 = r0; b0 < r1; b0 += plan.block) {
@@ -110,7 +175,7 @@ void run_stream_task(const TopkProblem& p, const cpu::KernelTable& kt, const Pla
                      p.scales ? p.scales + b0 : nullptr, nb, p.l2, scores.data(), plan.block);
     for (int64_t q = 0; q < nq; ++q)
       offer(kt, scores.data() + q * plan.block, nb, b0, tb.slots + q * tb.cap, tb.state[q], tb.cap, p.k,
-            nonfinite);
+            scratch, nonfinite);
   }
 }
 
@@ -121,6 +186,7 @@ void run_gemm_task(const TopkProblem& p, const cpu::KernelTable& kt, const Plan&
   std::vector<float> rp(static_cast<size_t>(block_pad * p.d));
   std::vector<float> norms(static_cast<size_t>(block_pad));
   std::vector<float> scores(static_cast<size_t>(qr * block_pad));
+  SelectScratch scratch;
   const char* refs = static_cast<const char*>(p.refs);
   const int64_t row_bytes = p.d * storage_bytes(p.storage);
   for (int64_t b0 = r0; b0 < r1; b0 += plan.block) {
@@ -136,12 +202,14 @@ void run_gemm_task(const TopkProblem& p, const cpu::KernelTable& kt, const Plan&
     for (int64_t t0 = q0; t0 < q1; t0 += qr) {
       const int64_t t = (t0 - q0) / qr;
       const int64_t pf0 = next_bytes * t / tiles, pf1 = next_bytes * (t + 1) / tiles;
-      kt.gemm_scores(packed_q + t0 * p.d, rp.data(), panels, p.d, p.l2 ? norms.data() : nullptr, scores.data(),
-                     panels * nr, next + pf0, pf1 - pf0);
+      // Slabs end on tile boundaries, so only the chunk's last tile can be short.
+      const int rows = int(std::min(qr, ceil_div(q1 - t0, kt.qr_step) * kt.qr_step));
+      kt.gemm_scores(packed_q + t0 * p.d, rows, rp.data(), panels, p.d, p.l2 ? norms.data() : nullptr,
+                     scores.data(), panels * nr, next + pf0, pf1 - pf0);
       for (int64_t i = 0; i < qr && t0 + i < q1; ++i) {
         const int64_t q = t0 + i - q0;
         offer(kt, scores.data() + i * panels * nr, nb, b0, tb.slots + q * tb.cap, tb.state[q], tb.cap, p.k,
-              nonfinite);
+              scratch, nonfinite);
       }
     }
   }
@@ -214,6 +282,7 @@ void topk_cpu(const TopkProblem& p, const TopkOptions& o, float* out_scores, int
 
     parallel_for(ceil_div(nq, 64), threads, [&](int64_t group) {
       std::vector<Candidate> merged;
+      SelectScratch scratch;
       for (int64_t q = group * 64; q < std::min(nq, (group + 1) * 64); ++q) {
         merged.clear();
         for (int64_t rs = 0; rs < plan.r_slabs; ++rs) {
@@ -222,8 +291,8 @@ void topk_cpu(const TopkProblem& p, const TopkOptions& o, float* out_scores, int
         }
         if (int64_t(merged.size()) < p.k)
           throw std::logic_error("top-k: fewer candidates than k after a full scan");
+        if (int64_t(merged.size()) > p.k) keep_best(merged.data(), int64_t(merged.size()), p.k, scratch);
         auto kth = merged.begin() + (p.k - 1);
-        std::nth_element(merged.begin(), kth, merged.end(), better);
         std::sort(merged.begin(), kth + 1, better);
         const int64_t row = c0 + q;
         double qn = 0.0;

@@ -130,6 +130,24 @@ def test_scores_with_few_distinct_values(rng: np.random.Generator) -> None:
         np.testing.assert_array_equal(i, order)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_large_k_selection_with_skewed_and_tied_scores(rng: np.random.Generator, isa: str) -> None:
+    # k >= 128 takes the sampled-threshold compaction; few distinct values and heavy-tailed
+    # scores make samples miss, which must fall back to the exact path without overflowing.
+    n, d = 30_000, 8
+    cases = [
+        rng.integers(-1, 2, size=(n, d)).astype(np.float32),  # ~20 distinct scores
+        (rng.standard_normal((n, d)) ** 5).astype(np.float32),  # heavy tails
+        np.repeat(rng.standard_normal((30, d)), n // 30, axis=0).astype(np.float32),  # 30 values, in runs
+    ]
+    for refs in cases:
+        for nq in (1, 3, 11):
+            q = rng.integers(-1, 2, size=(nq, d)).astype(np.float32)
+            for k in (128, 200, 1000):
+                s, i = topk_cpu(q, refs, None, k, "ip", threads=3, isa=isa)
+                assert_topk_exact(s, i, q, refs, k, "ip")
+
+
 def test_adversarial_orderings(rng: np.random.Generator) -> None:
     # Scores increasing with the index make every reference a candidate (many compactions);
     # decreasing ones make the first k final immediately.

@@ -1,12 +1,14 @@
-// Measures this machine's memory read bandwidth with the same SIMD loads the kernels use.
+// Measures memory read bandwidth: the ceiling a bandwidth-bound scan is compared against.
 #pragma once
 
 #include <cstdint>
 
 namespace csi {
 
-// Best-of-`repeats` read rate in bytes/s over a buffer of `nbytes` (choose it well above the
-// last-level cache) using `threads` threads.
+// Best-of-`repeats` rate in bytes/s at which `threads` threads read [data, data + nbytes).
+double read_rate(const void* data, int64_t nbytes, int threads, int repeats);
+
+// The same over a fresh buffer of `nbytes` (choose it well above the last-level cache).
 double memory_read_bandwidth(int64_t nbytes, int threads, int repeats);
 
 }  // namespace csi

@@ -72,9 +72,6 @@ struct KernelTable {
   // Appends every s[j] > thr as Candidate{s[j], base + j} to out (room for n entries) and
   // returns how many were appended. Sets *nonfinite to 1 if any s[j] is NaN or +-Inf.
   int64_t (*filter)(const float* s, int64_t n, float thr, int64_t base, Candidate* out, int* nonfinite);
-
-  // Sum of n floats read at full speed (the memory-bandwidth probe).
-  float (*stream_sum)(const float* x, int64_t n);
 };
 
 const KernelTable* kernels_generic();

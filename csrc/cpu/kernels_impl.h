@@ -341,22 +341,8 @@ int64_t filter(const float* s, int64_t n, float thr, int64_t base, Candidate* ou
   return count;
 }
 
-float stream_sum(const float* x, int64_t n) {
-  vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
-  int64_t i = 0;
-  for (; i + 4 * W <= n; i += 4 * W) {
-    a0 = vadd(a0, vload(x + i));
-    a1 = vadd(a1, vload(x + i + W));
-    a2 = vadd(a2, vload(x + i + 2 * W));
-    a3 = vadd(a3, vload(x + i + 3 * W));
-  }
-  float s = vhsum(vadd(vadd(a0, a1), vadd(a2, a3)));
-  for (; i < n; ++i) s += x[i];
-  return s;
-}
-
 const KernelTable* make_table(const char* name) {
   static const KernelTable table = {name,      W,         QR,          QR_STEP, NR,        stream_scores,
-                                    pack_queries, pack_refs, gemm_scores, filter,  stream_sum};
+                                    pack_queries, pack_refs, gemm_scores, filter};
   return &table;
 }

@@ -74,17 +74,18 @@ float keep_best(Candidate* buf, int64_t n, int64_t k, SelectScratch& s) {
   return kth;
 }
 
-// Raises a full buffer's threshold and drops the candidates at or below it.
+// Raises a full buffer's threshold and drops the candidates at or below it, keeping at most
+// `max_keep` (>= k) of them.
 //
 // Any threshold t with at least k candidates strictly above it is exact: each dropped candidate
 // (score <= t) and each later reference scoring <= t has k better ones. For large k, t is taken
 // from a sample of the scores so that about 1.25 k survive, which costs a few branch-free passes
 // instead of an exact selection (the dominant cost of selective queries, e.g. k = 1000 of 1e5).
-// The exact selection remains for small k and for samples that miss (ties, skewed buffers).
-void compact(Candidate* buf, QueryState& st, int64_t k, SelectScratch& s) {
+// The exact selection (exactly k kept) remains for small k and for samples that miss.
+void compact(Candidate* buf, QueryState& st, int64_t k, int64_t max_keep, SelectScratch& s) {
   const int64_t n = st.count;
   if (n <= k) return;
-  if (k >= kSampledCompactionMinK) {
+  if (k >= kSampledCompactionMinK && max_keep > k) {
     s.scores.resize(size_t(n));
     for (int64_t i = 0; i < n; ++i) s.scores[size_t(i)] = buf[i].score;
     const int64_t m = std::min(n, kCompactionSample);
@@ -96,7 +97,7 @@ void compact(Candidate* buf, QueryState& st, int64_t k, SelectScratch& s) {
       const float t = s.sample[size_t(rank)];
       int64_t above = 0;
       for (int64_t i = 0; i < n; ++i) above += s.scores[size_t(i)] > t;
-      if (above < k || above > (n + k) / 2) continue;  // too few kept, or too little dropped
+      if (above < k || above > max_keep) continue;  // too few kept, or too many for the room
       int64_t out = 0;
       for (int64_t i = 0; i < n; ++i) {  // branch-free stable compaction
         buf[out] = buf[i];
@@ -111,9 +112,13 @@ void compact(Candidate* buf, QueryState& st, int64_t k, SelectScratch& s) {
   st.count = k;
 }
 
+// Filters one row of scores into a query's buffer, compacting first if the row might not fit.
+// The plan guarantees cap >= k + len whenever a compaction can happen (cap = min(4k, slab) +
+// block); the check below turns any violation into an exception, never an overflow.
 void offer(const cpu::KernelTable& kt, const float* scores, int64_t len, int64_t base, Candidate* buf,
            QueryState& st, int64_t cap, int64_t k, SelectScratch& scratch, int* nonfinite) {
-  if (st.count + len > cap) compact(buf, st, k, scratch);
+  if (st.count + len > cap) compact(buf, st, k, std::min(cap - len, (st.count + k) / 2), scratch);
+  if (st.count + len > cap) throw std::logic_error("top-k: candidate buffer too small (internal error)");
   st.count += kt.filter(scores, len, st.thr, base, buf + st.count, nonfinite);
 }
 

@@ -247,7 +247,6 @@ class ReferenceIndex:
         self._base: tuple[_Segment, ...] = ()
         self._tail = _GrowableSegment(self._dim, self._dtype)
         self._snapshot = _Snapshot((), frozenset(), 0, 0)
-        self._source: Path | None = None
         # GPU copies of segments: (id(segment), device) -> (segment, vectors, scales).
         self._mirror_lock = threading.Lock()
         self._mirrors: dict[tuple[int, int], tuple[_Segment, Any, Any]] = {}
@@ -698,7 +697,6 @@ class ReferenceIndex:
                     meta_blob=a["meta_blob"],
                 ),
             )
-        index._source = p
         with index._write_lock:
             index._publish()
         logger.info("loaded reference index %s: %d vectors, %d works (mmap=%s)", p, count, num_works, mmap)

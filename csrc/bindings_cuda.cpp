@@ -173,8 +173,18 @@ Problem parse_problem(const py::object& queries, const py::object& refs, const p
   return p;
 }
 
-py::dict stats_dict(const csi::topk::RunStats& st) {
+py::dict plan_dict(const csi::topk::Plan& plan) {
   py::dict d;
+  d["q_block"] = plan.q_block;
+  d["cap"] = plan.cap;
+  d["stride"] = plan.stride;
+  d["slab_rows"] = plan.slab_rows;
+  d["max_chunk"] = plan.max_chunk;
+  return d;
+}
+
+py::dict stats_dict(const csi::topk::RunStats& st) {
+  py::dict d = plan_dict(st.plan);
   d["blocks"] = st.blocks;
   d["slabs"] = st.slabs;
   d["chunks"] = st.chunks;
@@ -183,11 +193,6 @@ py::dict stats_dict(const csi::topk::RunStats& st) {
   d["overflows"] = st.overflows;
   d["rows_scored"] = st.rows_scored;
   d["max_depth"] = st.max_depth;
-  d["q_block"] = st.plan.q_block;
-  d["cap"] = st.plan.cap;
-  d["stride"] = st.plan.stride;
-  d["slab_rows"] = st.plan.slab_rows;
-  d["max_chunk"] = st.plan.max_chunk;
   return d;
 }
 
@@ -473,12 +478,7 @@ PYBIND11_MODULE(_cuda, m) {
       [](int64_t nq, int64_t n, int64_t d, int64_t k, int64_t budget, int64_t slab_rows, int64_t cap,
          int64_t max_chunk) {
         const csi::topk::Plan p = csi::topk::make_plan(nq, n, d, k, budget, slab_rows, cap, max_chunk);
-        py::dict out;
-        out["q_block"] = p.q_block;
-        out["cap"] = p.cap;
-        out["stride"] = p.stride;
-        out["slab_rows"] = p.slab_rows;
-        out["max_chunk"] = p.max_chunk;
+        py::dict out = plan_dict(p);
         out["bytes_per_query"] = csi::topk::bytes_per_query(k, p.cap, d);
         return out;
       },

@@ -175,7 +175,7 @@ def require_cuda(device_id: int) -> Any:
         raise CudaUnavailableError("csi_runtime was built without CUDA (nvcc was not found at install time)")
     count = _native.cuda_device_count()
     if count == 0:
-        reason = cuda.last_error() if hasattr(cuda, "last_error") else ""
+        reason = cuda.last_error()
         raise CudaUnavailableError(
             "no usable CUDA device (no GPU, or no NVIDIA driver)" + (f": {reason}" if reason else "")
         )

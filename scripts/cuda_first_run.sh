@@ -6,8 +6,9 @@
 #   bash scripts/cuda_first_run.sh            # build + build checks + fast GPU tests
 #   STAGE=all bash scripts/cuda_first_run.sh  # ... + slow GPU tests + benchmark
 #
-# Works offline: uses the machine's python3 (numpy, pybind11, pytest, pytest-benchmark and
-# torch are expected there) and installs nothing from a registry.
+# Works offline: uses the machine's python3 (numpy, pybind11, pytest and torch are expected
+# there) and installs nothing from a registry. pytest-timeout and pytest-benchmark are used when
+# importable; where they are missing, carry their wheels (see the device tool's README).
 set -uo pipefail
 
 OUT=${OUT:-/tmp/csi_cuda_run}
@@ -15,6 +16,7 @@ STAGE=${STAGE:-fast}
 PY=${PYTHON:-python3}
 ARCH=${CSI_CUDA_ARCHS:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '.')}
 mkdir -p "$OUT"
+timeout_args() { $PY -c "import pytest_timeout" 2>/dev/null && echo "--timeout $1"; }
 summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
 : >"$OUT/summary.txt"
 
@@ -63,11 +65,11 @@ summary "smoke: $(grep -E 'agreement|error:' "$OUT/smoke.txt" | tr '\n' ' ')"
 # 3. Tests: build checks and CPU logic, then the fast GPU tests.
 $PY -m pytest tests/test_cuda_build.py tests/test_cuda_logic.py -q -p no:cacheprovider >"$OUT/tests_cpu.txt" 2>&1
 summary "cpu-side tests: $(tail -1 "$OUT/tests_cpu.txt")"
-$PY -m pytest tests/test_cuda.py -m "not slow" -q -p no:cacheprovider --timeout 900 >"$OUT/tests_gpu.txt" 2>&1
+$PY -m pytest tests/test_cuda.py -m "not slow" -q -p no:cacheprovider $(timeout_args 900) >"$OUT/tests_gpu.txt" 2>&1
 summary "gpu tests (not slow): $(tail -1 "$OUT/tests_gpu.txt")"
 
 if [ "$STAGE" = all ]; then
-  $PY -m pytest tests/test_cuda.py -m slow -q -p no:cacheprovider --timeout 1800 >"$OUT/tests_gpu_slow.txt" 2>&1
+  $PY -m pytest tests/test_cuda.py -m slow -q -p no:cacheprovider $(timeout_args 1800) >"$OUT/tests_gpu_slow.txt" 2>&1
   summary "gpu tests (slow): $(tail -1 "$OUT/tests_gpu_slow.txt")"
   $PY -m pytest benchmarks/bench_topk_cuda.py --benchmark-only -q -p no:cacheprovider \
     --benchmark-json "$OUT/bench.json" --benchmark-columns=median,rounds >"$OUT/bench.txt" 2>&1

@@ -12,7 +12,6 @@
 
 #include "cpu/bandwidth.h"
 #include "cpu/kernels.h"
-#include "cpu/thread_pool.h"
 #include "cpu/topk_cpu.h"
 
 namespace py = pybind11;
@@ -136,6 +135,5 @@ PYBIND11_MODULE(_C, m) {
       py::arg("array"), py::arg("threads") = 0, py::arg("repeats") = 3,
       "Best-of-repeats rate in bytes/s at which the threads read this array: the ceiling for a "
       "bandwidth-bound scan of it, measured on the same pages.");
-  m.def("pool_size", &csi::pool_size, "Worker threads owned by the shared pool.");
   m.attr("CPU_MAX_K") = csi::kCpuMaxK;
 }

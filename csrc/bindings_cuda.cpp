@@ -37,7 +37,7 @@ namespace {
 #define CSI_NVCC_VERSION "unknown"
 #endif
 
-using csi::topk::RefType;
+using csi::Storage;
 
 // ---- array arguments ---------------------------------------------------------------------
 
@@ -116,14 +116,14 @@ ArrayArg parse_array(const py::object& obj, const char* name) {
   return out;
 }
 
-RefType ref_type(const ArrayArg& r) {
+Storage ref_type(const ArrayArg& r) {
   switch (r.dtype) {
     case DType::kF32:
-      return RefType::kF32;
+      return Storage::kF32;
     case DType::kF16:
-      return RefType::kF16;
+      return Storage::kF16;
     case DType::kI8:
-      return RefType::kI8;
+      return Storage::kI8;
     default:
       throw py::type_error("refs must be float32, float16 or int8 (got " + r.dtype_str + ")");
   }
@@ -133,7 +133,7 @@ struct Problem {
   ArrayArg q, r, s;
   bool has_scales = false;
   int64_t nq = 0, d = 0, n = 0;
-  RefType type = RefType::kF32;
+  Storage type = Storage::kF32;
   bool l2 = false;
 };
 
@@ -168,7 +168,7 @@ Problem parse_problem(const py::object& queries, const py::object& refs, const p
       throw py::value_error("scales must be a C-contiguous float32 array of shape [N]");
     p.has_scales = true;
   }
-  if ((p.type == RefType::kI8) != p.has_scales)
+  if ((p.type == Storage::kI8) != p.has_scales)
     throw py::value_error("scales are required for int8 refs and only for them");
   return p;
 }

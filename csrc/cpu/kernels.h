@@ -8,15 +8,9 @@
 
 #include <cstdint>
 
+#include "common/storage.h"
+
 namespace csi {
-
-// Storage type of the reference vectors.
-enum class Storage : int { kF32 = 0, kF16 = 1, kI8 = 2 };
-
-inline int storage_bytes(Storage s) { return s == Storage::kF32 ? 4 : (s == Storage::kF16 ? 2 : 1); }
-inline const char* storage_name(Storage s) {
-  return s == Storage::kF32 ? "float32" : (s == Storage::kF16 ? "float16" : "int8");
-}
 
 // One ranked candidate: a score (larger is better) and the reference row it came from.
 struct Candidate {

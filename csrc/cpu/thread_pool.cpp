@@ -79,11 +79,6 @@ class Pool {
     if (job->error) std::rethrow_exception(job->error);
   }
 
-  int size() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return int(workers_);
-  }
-
  private:
   void grow(int n) {  // requires mu_
     while (workers_ < n) {
@@ -137,7 +132,5 @@ Pool& pool() {
 void parallel_for(int64_t ntasks, int nthreads, const std::function<void(int64_t)>& fn) {
   pool().run(ntasks, nthreads, fn);
 }
-
-int pool_size() { return pool().size(); }
 
 }  // namespace csi

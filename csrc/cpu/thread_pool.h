@@ -15,7 +15,4 @@ namespace csi {
 // returns when all are done. The first exception thrown by a task is rethrown here.
 void parallel_for(int64_t ntasks, int nthreads, const std::function<void(int64_t)>& fn);
 
-// Number of worker threads the pool currently owns (grows on demand, never shrinks).
-int pool_size();
-
 }  // namespace csi

@@ -21,6 +21,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/storage.h"
+
 #if defined(__CUDACC__)
 #define CSI_HD __host__ __device__ __forceinline__
 #else
@@ -44,10 +46,8 @@ constexpr int64_t kMinCap = 8192;
 // rounding, against ~4e-7 with per-stage sums; see tests/test_cuda_logic.py).
 constexpr int kStageDims = 64;
 
-// Reference storage types (same numbering as the CPU kernel's csi::Storage).
-enum class RefType : int { kF32 = 0, kF16 = 1, kI8 = 2 };
-
-inline int ref_type_bytes(RefType t) { return t == RefType::kF32 ? 4 : (t == RefType::kF16 ? 2 : 1); }
+// Reference storage types: the CPU kernel's csi::Storage.
+using ::csi::Storage;
 
 CSI_HD uint32_t float_bits(float f) {
 #if defined(__CUDA_ARCH__)

@@ -31,7 +31,6 @@ namespace cuda {
 namespace {
 
 using topk::Plan;
-using topk::RefType;
 
 constexpr int64_t kDefaultMaxChunk = int64_t(1) << 26;  // rows per chunk (bounds grid size)
 constexpr int64_t kSlabBytes = int64_t(256) << 20;      // host-reference staging, per buffer
@@ -208,8 +207,8 @@ class GpuBackend {
  public:
   GpuBackend(const TopkArgs& a, const Plan& plan, Workspace& ws, float* out_scores, int64_t* out_index)
       : a_(a), plan_(plan), ws_(ws), out_scores_(out_scores), out_index_(out_index) {
-    split_ = a.type != RefType::kF32;
-    row_bytes_ = a.d * int64_t(topk::ref_type_bytes(a.type));
+    split_ = a.type != Storage::kF32;
+    row_bytes_ = a.d * int64_t(storage_bytes(a.type));
     dp_ = topk::round_up(a.d, topk::kStageDims);
     const int64_t qb = plan.q_block;
     const int64_t rows = topk::round_up(qb, kQueryRowPad);
@@ -327,13 +326,13 @@ class GpuBackend {
     p.l2 = a_.l2;
     const bool vec = row_bytes_ % 16 == 0 && reinterpret_cast<uintptr_t>(p.refs) % 16 == 0;
     switch (a_.type) {
-      case RefType::kF16:
+      case Storage::kF16:
         launch_score_f16(p, tile_, vec, ws_.compute);
         break;
-      case RefType::kI8:
+      case Storage::kI8:
         launch_score_i8(p, tile_, vec, ws_.compute);
         break;
-      case RefType::kF32:
+      case Storage::kF32:
         launch_score_f32(p, tile_ == 0 ? 0 : 1, vec, ws_.compute);
         break;
     }
@@ -482,12 +481,12 @@ void validate(const TopkArgs& a) {
   if (a.k > topk::kMaxK)
     throw std::invalid_argument("k = " + std::to_string(a.k) + " exceeds the CUDA limit of " +
                                 std::to_string(topk::kMaxK));
-  if ((a.type == RefType::kI8) != (a.scales != nullptr))
+  if ((a.type == Storage::kI8) != (a.scales != nullptr))
     throw std::invalid_argument("per-row scales are required for int8 references and only for them");
   if (a.nq > 0 && (a.queries == nullptr || a.refs == nullptr))
     throw std::invalid_argument("null query or reference pointer");
   auto aligned = [](const void* p, int64_t m) { return reinterpret_cast<uintptr_t>(p) % uintptr_t(m) == 0; };
-  if (!aligned(a.queries, 4) || !aligned(a.refs, topk::ref_type_bytes(a.type)) || !aligned(a.scales, 4))
+  if (!aligned(a.queries, 4) || !aligned(a.refs, storage_bytes(a.type)) || !aligned(a.scales, 4))
     throw std::invalid_argument("queries, refs and scales must be aligned to their element size");
 }
 
@@ -525,7 +524,7 @@ topk::RunStats topk(const TopkArgs& a, float* out_scores, int64_t* out_index) {
   size_t free_b = 0, total_b = 0;
   check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
   const int64_t free_bytes = int64_t(free_b);
-  const int64_t row_bytes = a.d * int64_t(topk::ref_type_bytes(a.type));
+  const int64_t row_bytes = a.d * int64_t(storage_bytes(a.type));
   int64_t slab_rows = 0;
   if (!a.refs_on_device)
     slab_rows = a.slab_rows > 0 ? a.slab_rows : std::max<int64_t>(1, std::min(kSlabBytes, free_bytes / 16) / row_bytes);

@@ -78,7 +78,7 @@ struct TopkArgs {
   int64_t nq = 0, d = 0;
   const void* refs = nullptr;  // [n, d] in `type`, C order
   bool refs_on_device = false;
-  topk::RefType type = topk::RefType::kF32;
+  Storage type = Storage::kF32;
   const float* scales = nullptr;  // [n] (int8 only)
   bool scales_on_device = false;
   int64_t n = 0, k = 0;

@@ -58,7 +58,7 @@ struct HostProblem {
   const float* queries = nullptr;  // [nq, d]
   int64_t nq = 0, d = 0;
   const void* refs = nullptr;  // [n, d]
-  RefType type = RefType::kF32;
+  Storage type = Storage::kF32;
   const float* scales = nullptr;  // [n], int8 only
   int64_t n = 0, k = 0;
   bool l2 = false;
@@ -67,11 +67,11 @@ struct HostProblem {
 inline float emulated_ref_value(const HostProblem& p, int64_t r, int64_t j) {
   const int64_t i = r * p.d + j;
   switch (p.type) {
-    case RefType::kF32:
+    case Storage::kF32:
       return static_cast<const float*>(p.refs)[i];
-    case RefType::kF16:
+    case Storage::kF16:
       return half_to_float(static_cast<const uint16_t*>(p.refs)[i]);
-    case RefType::kI8:
+    case Storage::kI8:
       return float(static_cast<const int8_t*>(p.refs)[i]);
   }
   return 0.0f;
@@ -88,7 +88,7 @@ inline float emulated_score(const HostProblem& p, const float* hi, const float* 
     float part = 0.0f, npart = 0.0f;
     for (int64_t j = j0; j < j1; ++j) {
       const float x = emulated_ref_value(p, r, j);
-      if (p.type == RefType::kF32) {
+      if (p.type == Storage::kF32) {
         part = std::fma(hi[j], x, part);
       } else {
         part += hi[j] * x;  // both products are exact in fp32
@@ -101,7 +101,7 @@ inline float emulated_score(const HostProblem& p, const float* hi, const float* 
   }
   float dot = acc * qinv;
   float nn = nrm;
-  if (p.type == RefType::kI8) {
+  if (p.type == Storage::kI8) {
     const float sc = p.scales[r];
     dot *= sc;
     nn = nrm * sc * sc;
@@ -129,7 +129,7 @@ class EmulatedBackend {
     qinv_.assign(size_t(nq), 1.0f);
     for (int64_t q = 0; q < nq; ++q) {
       const float* src = p_.queries + (q0 + q) * p_.d;
-      if (p_.type == RefType::kF32) {
+      if (p_.type == Storage::kF32) {
         std::copy(src, src + p_.d, hi_.begin() + q * p_.d);
       } else {
         const int e = split_query(src, p_.d, hi_.data() + q * p_.d, lo_.data() + q * p_.d);
@@ -221,7 +221,7 @@ class EmulatedBackend {
 
   void upload(int64_t r0, int64_t r1, int slot) {
     if (!slabs_.claim(slot, r0, r1)) return;
-    const int64_t row_bytes = p_.d * ref_type_bytes(p_.type);
+    const int64_t row_bytes = p_.d * storage_bytes(p_.type);
     auto& buf = staging_[size_t(slot)];
     buf.assign(size_t(plan_.slab_rows * row_bytes), 0xAB);  // stale bytes must never be read
     const auto* src = static_cast<const uint8_t*>(p_.refs) + r0 * row_bytes;

@@ -165,7 +165,7 @@ static void test_plan() {
 
 struct Case {
   int64_t nq, n, d, k;
-  RefType type;
+  Storage type;
   bool l2;
   int order;  // 0 random, 1 ascending score of query 0 (adversarial), 2 descending, 3 many duplicates
   int64_t cap, slab_rows, max_chunk, budget;
@@ -176,7 +176,7 @@ static std::vector<float> all_scores(const HostProblem& p) {
   std::vector<float> out(size_t(p.nq * p.n)), hi(size_t(p.d)), lo(size_t(p.d), 0.0f);
   for (int64_t q = 0; q < p.nq; ++q) {
     float qinv = 1.0f;
-    if (p.type == RefType::kF32)
+    if (p.type == Storage::kF32)
       std::copy(p.queries + q * p.d, p.queries + (q + 1) * p.d, hi.begin());
     else
       qinv = pow2f(-split_query(p.queries + q * p.d, p.d, hi.data(), lo.data()));
@@ -224,9 +224,9 @@ static void run_case(const Case& c, std::mt19937& rng) {
   p.k = c.k;
   p.l2 = c.l2;
   p.type = c.type;
-  if (c.type == RefType::kF32) {
+  if (c.type == Storage::kF32) {
     p.refs = base.data();
-  } else if (c.type == RefType::kF16) {
+  } else if (c.type == Storage::kF16) {
     f16.resize(base.size());
     for (size_t i = 0; i < base.size(); ++i) {
       // fp16 bits of a value already representable: search via round_to_half
@@ -299,7 +299,7 @@ static void run_case(const Case& c, std::mt19937& rng) {
 static void test_emulation() {
   std::mt19937 rng(12345);
   int cases = 0;
-  for (RefType t : {RefType::kF32, RefType::kF16, RefType::kI8})
+  for (Storage t : {Storage::kF32, Storage::kF16, Storage::kI8})
     for (bool l2 : {false, true})
       for (int order : {0, 1, 2, 3})
         for (int64_t n : {1, 5, 64, 700, 3001}) {
@@ -321,11 +321,11 @@ static void test_emulation() {
           }
         }
   // k at the CUDA limit and a larger catalog (default capacity, real growth).
-  run_case(Case{2, 20000, 8, 4096, RefType::kF16, false, 0, 0, 0, 0, int64_t(1) << 30}, rng);
-  run_case(Case{2, 20000, 8, 4096, RefType::kF16, false, 1, 0, 0, 0, int64_t(1) << 30}, rng);
-  run_case(Case{3, 70000, 4, 10, RefType::kF32, true, 1, 0, 0, 0, int64_t(1) << 30}, rng);
-  run_case(Case{3, 70000, 4, 1, RefType::kI8, false, 0, 0, 0, 0, int64_t(1) << 30}, rng);
-  run_case(Case{1, 70000, 3, 65536, RefType::kF16, true, 0, 0, 0, 0, int64_t(1) << 30}, rng);
+  run_case(Case{2, 20000, 8, 4096, Storage::kF16, false, 0, 0, 0, 0, int64_t(1) << 30}, rng);
+  run_case(Case{2, 20000, 8, 4096, Storage::kF16, false, 1, 0, 0, 0, int64_t(1) << 30}, rng);
+  run_case(Case{3, 70000, 4, 10, Storage::kF32, true, 1, 0, 0, 0, int64_t(1) << 30}, rng);
+  run_case(Case{3, 70000, 4, 1, Storage::kI8, false, 0, 0, 0, 0, int64_t(1) << 30}, rng);
+  run_case(Case{1, 70000, 3, 65536, Storage::kF16, true, 0, 0, 0, 0, int64_t(1) << 30}, rng);
   std::printf("emulation: %d random cases + 5 large ones; %lld overflows (max split depth %lld), "
               "%lld extra query blocks, %lld extra slabs\n",
               cases, (long long)g_overflows, (long long)g_max_depth, (long long)g_blocks, (long long)g_slabs);

@@ -2,8 +2,8 @@
 // score + threshold-filter kernels on the thread pool, then merges per query.
 //
 // Selection keeps, per query and task, a buffer of candidates that beat a threshold. When
-// the buffer fills, it is cut back to its best k (nth_element) and the k-th score becomes
-// the new threshold, so steady-state cost is one SIMD compare per score. A task visits its
+// the buffer fills, the threshold is raised and the candidates at or below it are dropped
+// (see compact()), so steady-state cost is one SIMD compare per score. A task visits its
 // references in increasing index order, which makes "score > threshold" exact under the
 // (score desc, index asc) order: a later reference with an equal score always ranks lower.
 #include "cpu/topk_cpu.h"

@@ -41,7 +41,8 @@ import numpy as np
 import numpy.typing as npt
 
 from csi_runtime import _native, index_format
-from csi_runtime.errors import IndexFileError, NonFiniteError
+from csi_runtime.checks import check_finite_rows
+from csi_runtime.errors import IndexFileError
 from csi_runtime.info import __version__
 from csi_runtime.quantize import quantize_int8
 from csi_runtime.ranking import (
@@ -298,11 +299,9 @@ class ReferenceIndex:
         if x.ndim != 2 or x.shape[1] != self._dim:
             raise ValueError(f"vectors must have shape [N, {self._dim}] (got {x.shape})")
         x = x.astype(np.float32, copy=False)
-        ok = np.isfinite(x).all(axis=1)
-        if not ok.all():
-            raise NonFiniteError(f"vectors row {int(np.flatnonzero(~ok)[0])} contains NaN or Inf")
         if self._dtype == np.int8:
-            return quantize_int8(x)
+            return quantize_int8(x)  # checks for NaN/Inf itself
+        check_finite_rows(x, "vectors")
         if self._dtype == np.float16:
             too_big = (np.abs(x) > FLOAT16_MAX).any(axis=1)
             if too_big.any():

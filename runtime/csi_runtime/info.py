@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Any
 
 from csi_runtime import _native
 
-__version__ = "0.1.0"
+__version__ = version("csi")  # single source: pyproject.toml
 
 
 def build_info() -> dict[str, Any]:

@@ -10,13 +10,16 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from csi_runtime.checks import check_finite_rows
+
 INT8_MAX_CODE = 127
 
 
 def quantize_int8(vectors: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Quantises float vectors ``[N, D]`` to ``(codes int8 [N, D], scales float32 [N])``.
 
-    Raises ``ValueError`` for non-finite input (a NaN would silently become a code).
+    Raises ``NonFiniteError`` (a ``ValueError``) for NaN/Inf input: a NaN would silently
+    become a code.
     """
     x = np.asarray(vectors)
     if x.ndim != 2:
@@ -24,10 +27,7 @@ def quantize_int8(vectors: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     if x.dtype.kind != "f":
         raise TypeError(f"vectors must be floating point (got {x.dtype})")
     x = x.astype(np.float32, copy=False)
-    finite = np.isfinite(x).all(axis=1)
-    if not finite.all():
-        row = int(np.flatnonzero(~finite)[0])
-        raise ValueError(f"vectors row {row} contains NaN or Inf")
+    check_finite_rows(x, "vectors")
     peak = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0], np.float32)
     scales = (peak / INT8_MAX_CODE).astype(np.float32)
     safe = np.where(scales > 0, scales, 1.0).astype(np.float32)

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from csi_runtime import _native
+from csi_runtime.checks import check_finite_rows, first_nonfinite_row
 from csi_runtime.errors import CudaUnavailableError, NonFiniteError
 from csi_runtime.threads import default_threads
 
@@ -32,7 +33,6 @@ STORAGE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.int8))
 CPU_MAX_K: int = int(_native.cpu.CPU_MAX_K)
 # With host-resident references, the GPU only pays for its transfers from this many queries up.
 AUTO_CUDA_MIN_QUERIES = 32
-_DIAGNOSE_CHUNK_ROWS = 1 << 20
 
 
 def cuda_max_k() -> int:
@@ -42,18 +42,6 @@ def cuda_max_k() -> int:
 
 def _is_device_array(obj: Any) -> bool:
     return hasattr(obj, "__cuda_array_interface__") and not isinstance(obj, np.ndarray)
-
-
-def _first_bad_row(x: np.ndarray) -> int | None:
-    """Index of the first row holding NaN/Inf, scanning in chunks to bound temporary memory."""
-    if x.dtype.kind != "f":
-        return None
-    for start in range(0, x.shape[0], _DIAGNOSE_CHUNK_ROWS):
-        chunk = x[start : start + _DIAGNOSE_CHUNK_ROWS]
-        ok = np.isfinite(chunk).all(axis=1)
-        if not ok.all():
-            return start + int(np.flatnonzero(~ok)[0])
-    return None
 
 
 def as_queries(queries: npt.ArrayLike, name: str = "queries") -> tuple[np.ndarray, bool]:
@@ -73,9 +61,7 @@ def as_queries(queries: npt.ArrayLike, name: str = "queries") -> tuple[np.ndarra
     if arr.shape[1] == 0:
         raise ValueError(f"{name} have dimension 0")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    bad = _first_bad_row(arr)
-    if bad is not None:
-        raise NonFiniteError(f"{name} row {bad} contains NaN or Inf")
+    check_finite_rows(arr, name)
     return arr, single
 
 
@@ -145,7 +131,7 @@ def check_threads(threads: int | None) -> int:
 
 
 def _diagnose_nonfinite(refs: np.ndarray, exc: Exception) -> NonFiniteError:
-    bad = _first_bad_row(refs)
+    bad = first_nonfinite_row(refs)
     if bad is not None:
         return NonFiniteError(f"refs row {bad} contains NaN or Inf")
     return NonFiniteError(f"scores overflow float32: the vectors' values are too large ({exc})")

@@ -1,0 +1,1 @@
+"""Classical CSI baselines used as reference points for trained models."""

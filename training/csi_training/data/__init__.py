@@ -1,0 +1,1 @@
+"""Manifests, real dataset layouts and audio decoding."""

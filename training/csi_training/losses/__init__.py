@@ -1,0 +1,1 @@
+"""Training losses: triplet loss with online mining, label-smoothed classification."""

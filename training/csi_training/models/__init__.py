@@ -1,0 +1,1 @@
+"""Backbones that map features to L2-normalised embeddings."""

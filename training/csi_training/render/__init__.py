@@ -1,0 +1,1 @@
+"""The rendered-versions corpus: music21 scores → note events → audio versions."""

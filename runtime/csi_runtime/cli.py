@@ -312,7 +312,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_index_search)
+    _add_plugin_commands(sub)
     return parser
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    """Subcommands other installed packages declare in the ``csi.commands`` entry-point group.
+
+    csi_training adds ``train``, ``eval`` and ``data`` this way, so the runtime never imports the
+    training side (or torch) unless one of those commands runs.
+    """
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group="csi.commands"), key=lambda e: e.name):
+        try:
+            register = ep.load()
+        except Exception as exc:  # a broken optional plugin must not take the runtime CLI down
+            logger.debug("csi command plugin %s unavailable: %s", ep.value, exc)
+            continue
+        register(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -322,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except (IndexFileError, NonFiniteError, ValueError, TypeError, KeyError) as exc:
+    except (IndexFileError, NonFiniteError, ValueError, TypeError, KeyError, OSError) as exc:
         print(f"csi: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,187 @@
+"""Training checkpoints: a folder with ``model.safetensors``, ``config.json`` and ``metrics.json``.
+
+- ``model.safetensors``: the backbone weights (keys ``backbone.*``); the frontend has no trained
+  weights and is rebuilt from the pinned frontend config.
+- ``config.json``: format tag and version, the full training config, the resolved frontend config,
+  the training position (epoch, step), library versions.
+- ``metrics.json``: validation metrics of this checkpoint and the history of the run.
+- ``train_state.pt`` (``last`` only): optimizer, scheduler and RNG state for ``--resume``, loaded
+  with ``torch.load(weights_only=True)`` (tensors and plain containers only, no pickle of objects).
+
+A checkpoint folder is written to a temporary sibling and renamed into place, so a crash never
+leaves a half-written checkpoint and the previous one survives until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from csi_training.config import TrainConfig, config_diff, config_from_dict, config_to_dict
+from csi_training.models.encoder import Encoder, build_encoder
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "csi-checkpoint"
+FORMAT_VERSION = 1
+#: config keys that may change between a checkpoint and a resumed run without changing the model
+RESUMABLE_CHANGES = ("optim.epochs", "out_dir", "device", "amp", "threads", "data.num_workers", "data.cache_dir")
+
+__all__ = ["Checkpoint", "CheckpointError", "check_resumable", "load_checkpoint", "save_checkpoint"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing, damaged or incompatible with the requested config."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: TrainConfig
+    encoder: Encoder
+    info: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=float)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(
+    directory: str | Path,
+    encoder: Encoder,
+    config: TrainConfig,
+    info: dict[str, Any],
+    metrics: dict[str, Any],
+    train_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint folder atomically (replacing an existing one only once complete)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        weights = {f"backbone.{k}": v.detach().cpu().contiguous() for k, v in encoder.backbone.state_dict().items()}
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        frontend_config = encoder.frontend.config.to_dict()  # type: ignore[union-attr,operator]
+        header = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "config": config_to_dict(config),
+            "frontend": frontend_config,
+            "embedding_dim": encoder.backbone.embedding_dim,
+            "sample_rate": encoder.sample_rate,
+            "torch_version": torch.__version__,
+            **info,
+        }
+        _write_json(tmp / "config.json", header)
+        _write_json(tmp / "metrics.json", metrics)
+        if train_state is not None:
+            torch.save(train_state, tmp / "train_state.pt")
+        old = directory.with_name(f".{directory.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+        fd = os.open(directory.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_header(directory: str | Path) -> dict[str, Any]:
+    """``config.json`` of a checkpoint folder, validated for format and version."""
+    directory = Path(directory)
+    file = directory / "config.json"
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint {directory} does not exist or is not a folder")
+    try:
+        header = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {directory} has no config.json") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {file} is unreadable: {exc}") from exc
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise CheckpointError(f"{file} is not a csi training checkpoint (format tag missing)")
+    version = header.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {directory} has format version {version}; this csi_training reads version "
+            f"{FORMAT_VERSION}"
+        )
+    for key in ("config", "frontend"):
+        if not isinstance(header.get(key), dict):
+            raise CheckpointError(f"checkpoint {file} lacks the {key!r} section")
+    return header
+
+
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the encoder of a checkpoint folder; mismatched weights are refused with their names."""
+    directory = Path(directory)
+    header = read_header(directory)
+    try:
+        config = config_from_dict(header["config"])
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {directory} holds an invalid config: {exc}") from exc
+    encoder = build_encoder(header["frontend"], config.model)
+    weights_file = directory / "model.safetensors"
+    try:
+        weights = load_file(str(weights_file), device=str(map_location))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {directory} has no model.safetensors") from None
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"{weights_file} is damaged or not a safetensors file: {exc}") from exc
+    expected = {f"backbone.{k}": v for k, v in encoder.backbone.state_dict().items()}
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:8])}{' …' if len(unexpected) > 8 else ''}")
+        if wrong_shape:
+            parts.append(
+                "wrong shape "
+                + ", ".join(f"{k} {tuple(weights[k].shape)}≠{tuple(expected[k].shape)}" for k in wrong_shape[:8])
+            )
+        raise CheckpointError(f"weights in {weights_file} do not fit the model its config describes: {'; '.join(parts)}")
+    encoder.backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in weights.items()})
+    encoder.eval()
+    metrics_file = directory / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    return Checkpoint(path=directory, config=config, encoder=encoder, info=header, metrics=metrics)
+
+
+def check_resumable(header: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse to resume from a checkpoint whose config differs in anything but RESUMABLE_CHANGES."""
+    differing = [
+        key
+        for key in config_diff(header["config"], config_to_dict(config))
+        if not any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE_CHANGES)
+    ]
+    if differing:
+        raise CheckpointError(
+            "cannot resume: the checkpoint was trained with a different config; differing keys: "
+            + ", ".join(differing)
+        )

@@ -1,0 +1,107 @@
+"""``csi train``, ``csi eval`` and ``csi data …``: the training side of the ``csi`` command line.
+
+Registered through the ``csi.commands`` entry point; this module imports nothing heavy at import
+time (torch and the data engine load only when a command runs), so ``csi info`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _setup_logging() -> None:
+    log = logging.getLogger("csi_training")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw  # a bare string such as --set loss.mining=hard
+    return key.strip(), value
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _setup_logging()
+    from csi_training.config import load_config
+    from csi_training.trainer import train
+
+    overrides = dict(args.set or [])
+    if args.out:
+        overrides["out_dir"] = args.out
+    config = load_config(args.config, overrides)
+    result = train(config, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty())
+    if result.best:
+        val = result.best.get("val", {})
+        print(f"best epoch {result.best.get('epoch')}: " + ", ".join(f"{k} {val[k]:.4f}" for k in
+              ("MAP", "P@10", "MR1", "MRR") if k in val))  # fmt: skip
+    print(f"checkpoints: {result.out_dir / 'best'} (best), {result.out_dir / 'last'} (last)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    _setup_logging()
+    from csi_runtime.cli import Progress
+
+    from csi_training.data import read_manifest
+    from csi_training.evaluation import evaluate_checkpoint
+
+    n = len(read_manifest(args.manifest))
+    bar = Progress(n, "embedding")
+    try:
+        report = evaluate_checkpoint(args.checkpoint, args.manifest, device=args.device, max_s=args.max_s,
+                                     cache_dir=args.cache_dir, progress=bar.advance)  # fmt: skip
+    finally:
+        bar.close()
+    m = report["metrics"]
+    print(f"{report['used']} of {report['files']} files ({report['skipped_count']} skipped), "
+          f"{m.get('n_queries')} queries")  # fmt: skip
+    for key in ("MAP", "P@10", "MR1", "MRR", "Top1", "Top10"):
+        if key in m:
+            print(f"  {key:<6} {m[key]:.4f}")
+    out = Path(args.out) if args.out else Path(args.checkpoint) / "eval" / (Path(args.manifest).stem + ".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add train / eval / data to the ``csi`` subcommand parser."""
+    p = sub.add_parser("train", help="train an encoder from a YAML/TOML config (runs under torchrun too)")
+    p.add_argument("--config", required=True, help="training config (.yaml, .yml, .toml or .json)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the config's out_dir")
+    p.add_argument("--out", help="override out_dir")
+    p.add_argument("--set", action="append", type=_parse_override, metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.epochs=5 (repeatable)")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="MAP / P@10 / MR1 / MRR of a checkpoint on a manifest (leave-one-out)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (…/best or …/last)")
+    p.add_argument("--manifest", required=True, help="CSV manifest: path,work_id[,version_id]")
+    p.add_argument("--out", help="metrics JSON to write (default: CHECKPOINT/eval/<manifest>.json)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--max-s", type=float, default=None, help="seconds of each track to use")
+    p.add_argument("--cache-dir", default=None, help="feature cache folder (default: none)")
+    p.set_defaults(func=cmd_eval)
+
+    from csi_training import data_cli
+
+    data_cli.register(sub)

@@ -1,0 +1,328 @@
+"""Training configuration: nested frozen dataclasses loaded from YAML or TOML.
+
+A config file mirrors :class:`TrainConfig`; every section is optional and unknown keys are refused
+with their full dotted path and the keys that are allowed, so a typo never trains silently with a
+default. Example (YAML)::
+
+    recipe: move
+    seed: 0
+    frontend: {kind: cqt, sample_rate: 16000, hop_length: 640, n_bins: 84, pool: 5}
+    model: {width: small, embedding_dim: 256}
+    loss: {mining: semi_hard, margin: 0.3, ce_weight: 0.0}
+    data: {manifest: corpus/manifest.csv, clip_s: 30, works_per_batch: 16, versions_per_work: 4}
+    optim: {epochs: 30, lr: 1.0e-3}
+
+The frontend section is passed to ``csi_training.frontends.frontend_from_dict``, which validates it
+(sample rate and CQT parameters are pinned in every checkpoint and exported bundle).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "AugmentConfig",
+    "ConfigError",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "config_diff",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration file or dict that does not describe a valid training run."""
+
+
+def _default_frontend() -> dict[str, Any]:
+    # 16 kHz, 25 frames/s CQT over 7 octaves from C1, averaged to 5 frames/s for the backbone.
+    return {"kind": "cqt", "sample_rate": 16000, "hop_length": 640, "fmin": 32.70, "n_bins": 84,
+            "bins_per_octave": 12, "pool": 5, "log": "log1p"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """CQTNet-style backbone (see ``csi_training.models.cqtnet``)."""
+
+    name: Literal["cqtnet"] = "cqtnet"
+    width: Literal["small", "full"] = "small"
+    embedding_dim: int = 256
+    pooling: Literal["max", "avg", "gem"] = "gem"
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.embedding_dim <= 4096:
+            raise ConfigError(f"model.embedding_dim must be in [8, 4096], got {self.embedding_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Triplet loss with online mining, plus an optional label-smoothed classification head."""
+
+    mining: Literal["random", "semi_hard", "hard"] = "hard"
+    margin: float = 0.3
+    distance: Literal["euclidean", "sqeuclidean", "cosine"] = "euclidean"
+    ce_weight: float = 0.0
+    label_smoothing: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.margin <= 0:
+            raise ConfigError(f"loss.margin must be > 0, got {self.margin}")
+        if self.ce_weight < 0:
+            raise ConfigError(f"loss.ce_weight must be >= 0, got {self.ce_weight}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training audio comes from and how batches are formed.
+
+    ``source="manifest"``: audio files listed in a CSV manifest (``path,work_id[,version_id]``),
+    decoded once, turned into features by the frontend and kept in a feature cache.
+    ``source="online"``: versions synthesised inside the training loop from a note-event corpus.
+    Works (never individual files) are split into train / validation / test.
+    """
+
+    source: Literal["manifest", "online"] = "manifest"
+    manifest: str | None = None
+    notes: str | None = None
+    cache_dir: str | None = None
+    val_works: float = 0.1
+    test_works: float = 0.0
+    split_seed: int = 0
+    clip_s: float = 30.0
+    eval_max_s: float = 180.0
+    works_per_batch: int = 16
+    versions_per_work: int = 4
+    online_versions_per_work: int = 8
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source == "manifest" and not self.manifest:
+            raise ConfigError("data.manifest is required when data.source is 'manifest'")
+        if self.source == "online" and not self.notes:
+            raise ConfigError("data.notes (a note-event corpus) is required when data.source is 'online'")
+        for name in ("val_works", "test_works"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0 and not (value >= 1 and float(value).is_integer()):
+                raise ConfigError(f"data.{name} must be a fraction in [0, 1) or a whole number of works")
+        if self.works_per_batch < 2:
+            raise ConfigError("data.works_per_batch must be >= 2 (a triplet needs a negative work)")
+        if self.versions_per_work < 2:
+            raise ConfigError("data.versions_per_work must be >= 2 (a triplet needs a positive)")
+        if self.clip_s <= 0 or self.eval_max_s <= 0:
+            raise ConfigError("data.clip_s and data.eval_max_s must be > 0 seconds")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Feature-domain augmentation applied to training crops (probabilities per crop)."""
+
+    pitch_roll_p: float = 0.5
+    pitch_roll_max: int = 12  # CQT bins, both directions; the vacated bins are zero-filled
+    stretch_p: float = 0.3
+    stretch_min: float = 0.75
+    stretch_max: float = 1.3
+    specaugment_p: float = 0.4
+    freq_masks: int = 2
+    freq_mask_max: int = 12  # bins
+    time_masks: int = 2
+    time_mask_max: float = 0.1  # fraction of the crop
+
+    def __post_init__(self) -> None:
+        for name in ("pitch_roll_p", "stretch_p", "specaugment_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"augment.{name} must be a probability in [0, 1]")
+        if not 0 < self.stretch_min <= self.stretch_max:
+            raise ConfigError("augment.stretch_min must be > 0 and <= augment.stretch_max")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    epochs: int = 20
+    steps_per_epoch: int | None = None  # None: one pass over the training works per epoch
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.epochs < 1:
+            raise ConfigError("optim.lr must be > 0 and optim.epochs >= 1")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ConfigError("optim.steps_per_epoch must be >= 1 when given")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    recipe: Literal["move"] = "move"
+    seed: int = 0
+    out_dir: str = "runs/move"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision, used on CUDA only
+    threads: int | None = None  # torch intra-op threads on CPU; None: torch's default
+    frontend: dict[str, Any] = field(default_factory=_default_frontend)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(manifest="manifest.csv"))
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+# -- dict <-> dataclass ------------------------------------------------------------------------
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    """Validate ``value`` against a (simple) type annotation; ints are accepted for floats."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return value
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(annotation):
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _check_type(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: {value!r} is not allowed")
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table/mapping, got {type(value).__name__}")
+        return dict(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, where)  # type: ignore[arg-type]
+    raise ConfigError(f"{where}: unsupported type {annotation!r}")  # a bug in this module, not in the file
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a table/mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"allowed in {where or 'the top level'}: {', '.join(names)}"
+        )
+    kwargs = {
+        name: _check_type(data[name], hints[name], f"{where}.{name}" if where else name)
+        for name in names
+        if name in data
+    }
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where or 'config'}: {exc}") from exc
+
+
+def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    """Build and validate a :class:`TrainConfig` (unknown keys are errors, with their path)."""
+    config: TrainConfig = _build(TrainConfig, data, "")
+    if "kind" not in config.frontend:
+        raise ConfigError("frontend.kind is required (cqt, logmel or chroma)")
+    return config
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain JSON-serialisable dict of a config dataclass (round-trips through config_from_dict)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) config; ``overrides`` maps dotted keys to values."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config {path}: unknown format {suffix!r} (use .yaml, .yml, .toml or .json)")
+    except ConfigError:
+        raise
+    except Exception as exc:  # the parsers raise their own exception types with line numbers
+        raise ConfigError(f"config {path} is not valid {suffix[1:].upper()}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: the top level must be a table/mapping")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted}: {key} is not a section")
+        node[leaf] = value
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"config {path}: {exc}") from exc
+
+
+def config_diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts (missing keys count as different)."""
+    keys = sorted(set(a) | set(b))
+    out: list[str] = []
+    for key in keys:
+        name = f"{prefix}{key}"
+        va, vb = a.get(key, "<missing>"), b.get(key, "<missing>")
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            out.extend(config_diff(va, vb, name + "."))
+        elif va != vb:
+            out.append(name)
+    return out

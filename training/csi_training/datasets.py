@@ -1,0 +1,119 @@
+"""Feature sets: decoded, frontend-processed tracks held in memory for training and evaluation.
+
+``load_manifest_features`` turns manifest entries into features through the feature cache. A file
+that cannot be decoded, is empty, silent or holds NaN/Inf is reported (one warning each, and in the
+returned skip list) and left out — a long run never dies or trains on garbage because of one file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from csi_training.feature_cache import FeatureCache
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FeatureSet", "embed_features", "load_manifest_features"]
+
+
+@dataclass
+class FeatureSet:
+    """Tracks as features: ``features[i]`` float16 [F, T_i]; ``work_ids[i]`` / ``version_ids[i]`` strings."""
+
+    features: list[np.ndarray] = field(default_factory=list)
+    work_ids: list[str] = field(default_factory=list)
+    version_ids: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def items_by_work(self, labels: dict[str, int]) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for i, work in enumerate(self.work_ids):
+            out.setdefault(labels[work], []).append(i)
+        return out
+
+
+@torch.no_grad()
+def _features_of(path: str, frontend: nn.Module, sample_rate: int, max_s: float) -> np.ndarray:
+    from csi_training.data import load_audio
+
+    audio = load_audio(path, sample_rate, max_duration_s=max_s)
+    x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).unsqueeze(0)
+    feats = frontend(x)[0].float().numpy()
+    if not np.isfinite(feats).all():
+        raise ValueError("the frontend produced non-finite features")
+    return feats
+
+
+def load_manifest_features(
+    entries: Sequence,  # Sequence[ManifestEntry]
+    frontend: nn.Module,
+    cache: FeatureCache | None,
+    max_s: float,
+    progress: Callable[[int], None] | None = None,
+) -> FeatureSet:
+    """Features of every usable entry (``entry.path``, ``entry.work_id``, ``entry.version_id``)."""
+    from csi_training.data import AudioError
+
+    sample_rate = int(frontend.config.sample_rate)  # type: ignore[union-attr]
+    out = FeatureSet()
+    for entry in entries:
+        path = str(entry.path)
+        try:
+            if cache is None:
+                feats = _features_of(path, frontend, sample_rate, max_s)
+            else:
+                feats = cache.get_or_compute(path, lambda p=path: _features_of(p, frontend, sample_rate, max_s))
+        except (AudioError, OSError, ValueError) as exc:
+            logger.warning("skipping %s: %s", path, exc)
+            out.skipped.append((path, str(exc)))
+        else:
+            out.features.append(np.asarray(feats, dtype=np.float16))
+            out.work_ids.append(str(entry.work_id))
+            out.version_ids.append(str(entry.version_id))
+        if progress is not None:
+            progress(1)
+    if out.skipped:
+        logger.warning("%d of %d files were skipped (unreadable, empty, silent or non-finite)",
+                       len(out.skipped), len(entries))  # fmt: skip
+    return out
+
+
+@torch.no_grad()
+def embed_features(
+    backbone: nn.Module, features: Sequence[np.ndarray], device: torch.device, max_frames: int | None = None
+) -> np.ndarray:
+    """Track-level embeddings float32 [N, D] of whole tracks (optionally cut to ``max_frames``).
+
+    Tracks of equal length are batched together; the backbone pools over time, so lengths may differ.
+    """
+    was_training = backbone.training
+    backbone.eval()
+    order = sorted(range(len(features)), key=lambda i: features[i].shape[1])
+    out: dict[int, np.ndarray] = {}
+    group: list[int] = []
+
+    def flush() -> None:
+        if not group:
+            return
+        batch = np.stack([np.asarray(features[i][:, :max_frames], dtype=np.float32) for i in group])
+        emb = backbone(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+        out.update(zip(group, emb, strict=True))
+        group.clear()
+
+    for i in order:
+        length = min(features[i].shape[1], max_frames or features[i].shape[1])
+        if group and (len(group) >= 32 or min(features[group[0]].shape[1], max_frames or 10**9) != length):
+            flush()
+        group.append(i)
+    flush()
+    backbone.train(was_training)
+    return np.stack([out[i] for i in range(len(features))]) if features else np.zeros((0, 0), np.float32)

@@ -1,0 +1,49 @@
+"""The full encoder: waveform → frontend features → backbone → unit-norm embedding.
+
+Training usually runs the backbone on cached features; export and evaluation from audio run the
+whole :class:`Encoder`, built from the same config so the frontend parameters are pinned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from csi_training.config import ModelConfig
+from csi_training.models.cqtnet import CQTNet, build_backbone
+
+__all__ = ["Encoder", "build_encoder"]
+
+
+class Encoder(nn.Module):
+    """waveform float32 [B, n_samples] at ``sample_rate`` → embeddings [B, D] (unit L2 norm)."""
+
+    def __init__(self, frontend: nn.Module, backbone: CQTNet) -> None:
+        super().__init__()
+        self.frontend = frontend
+        self.backbone = backbone
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.frontend.config.sample_rate)  # type: ignore[union-attr]
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.frontend(waveform))
+
+
+def build_encoder(frontend_config: dict[str, Any], model: ModelConfig) -> Encoder:
+    """Frontend from its config dict (validated there) and a backbone sized to its output."""
+    from csi_training.frontends import frontend_from_dict
+
+    frontend = frontend_from_dict(dict(frontend_config))
+    backbone = build_backbone(
+        model.name,
+        n_bins=int(frontend.n_features),
+        embedding_dim=model.embedding_dim,
+        width=model.width,
+        pooling=model.pooling,
+        dropout=model.dropout,
+    )
+    return Encoder(frontend, backbone)

@@ -115,15 +115,14 @@ class TrainNet(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, F, T] → (unit embeddings [B, D] float32, CE loss, CE accuracy) (zeros without head)."""
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """x [B, F, T] → (unit embeddings [B, D] float32, CE loss, CE accuracy) (0 without a head)."""
         raw = self.backbone.forward_unnormalized(x).float()  # type: ignore[operator]
         emb = nn.functional.normalize(raw, dim=-1)
         if self.head is None:
-            zero = raw.new_zeros(())
-            return emb, zero, zero
-        ce, acc = self.head(raw, labels)
-        return emb, ce, acc
+            return emb, raw.new_zeros(()), 0.0
+        ce, stats = self.head(raw, labels)
+        return emb, ce, float(stats["accuracy"])
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -257,17 +256,38 @@ def _validate(backbone: nn.Module, val: FeatureSet, device: torch.device, max_fr
             for k, v in result.items() if not isinstance(v, np.ndarray)}  # fmt: skip
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Run a training config to the end (or resume the run in ``config.out_dir``)."""
+def train(
+    config: TrainConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None
+) -> TrainResult:
+    """Run a training config to the end (or resume the run in ``config.out_dir``).
+
+    ``stop_after``: run at most this many epochs in this call (a preemptible job, or a budget), leaving
+    a ``last`` checkpoint that ``resume=True`` continues exactly where it stopped.
+    """
     proc = _init_process(config.device)
     try:
-        return _train(config, resume, progress, proc)
+        return _train(config, resume, progress, proc, stop_after)
     finally:
         if proc.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, resume: bool, progress: bool, proc: Process) -> TrainResult:
+def _check_replicas(net: nn.Module, proc: Process) -> None:
+    """Under DDP every rank must hold the same weights; compare a float64 checksum across ranks."""
+    if proc.world == 1:
+        return
+    with torch.no_grad():
+        flat = torch.cat([p.detach().double().flatten().cpu() for p in net.parameters()])
+        mine = torch.stack([flat.sum(), (flat * flat).sum(), (flat * torch.arange(flat.numel(), dtype=flat.dtype)).sum()])
+    gathered = [torch.zeros_like(mine) for _ in range(proc.world)]
+    dist.all_gather(gathered, mine)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError(f"DDP replicas diverged: parameter checksums per rank {[g.tolist() for g in gathered]}")
+    if proc.main:
+        logger.info("parameters identical on %d ranks (checksum %.6e)", proc.world, float(mine[0]))
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool, proc: Process, stop_after: int | None) -> TrainResult:
     device = resolve_device(config.device, proc.local_rank)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -318,10 +338,11 @@ def _train(config: TrainConfig, resume: bool, progress: bool, proc: Process) -> 
     last_metrics: dict[str, Any] = history[-1] if history else {}
     best_metrics: dict[str, Any] = max(history, key=lambda h: h.get("val", {}).get("MAP", -1)) if history else {}
 
-    for epoch in range(start_epoch, config.optim.epochs):
+    end_epoch = config.optim.epochs if stop_after is None else min(config.optim.epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, end_epoch):
         model.train()
         bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{config.optim.epochs}", progress and proc.main)
-        sums = {"loss": 0.0, "triplet": 0.0, "ce": 0.0, "active": 0.0}
+        sums = {"loss": 0.0, "triplet": 0.0, "ce": 0.0, "ce_accuracy": 0.0, "active": 0.0}
         t0, n_samples = time.monotonic(), 0
         for x, labels in batches.epoch(epoch):
             x, labels = x.to(device, non_blocking=True), labels.to(device)
@@ -341,7 +362,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, proc: Process) -> 
             step += 1
             n_samples += x.shape[0]
             active = float(stats.get("active_fraction", 0.0))
-            for k, v in (("loss", loss.item()), ("triplet", trip.item()), ("ce", float(ce)), ("active", active)):
+            for k, v in (("loss", loss.item()), ("triplet", trip.item()), ("ce", float(ce)),
+                         ("ce_accuracy", ce_acc), ("active", active)):  # fmt: skip
                 sums[k] += v
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.4f}", active=f"{active:.2f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
@@ -354,6 +376,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, proc: Process) -> 
             "samples_per_s": n_samples * proc.world / max(elapsed, 1e-9),
             "lr": scheduler.get_last_lr()[0],
         }
+        _check_replicas(net, proc)
         if proc.main:
             with autocast(device, config.amp):
                 record["val"] = _validate(net.backbone, val_set, device, eval_frames)
@@ -375,7 +398,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, proc: Process) -> 
             save_checkpoint(last_dir, encoder, config, info, {**metrics, "best": best_metrics}, train_state=state)
             last_metrics = record
         proc.barrier()
-    return TrainResult(out_dir=out_dir, best=best_metrics, last=last_metrics, epochs_run=config.optim.epochs - start_epoch)
+    return TrainResult(out_dir=out_dir, best=best_metrics, last=last_metrics, epochs_run=end_epoch - start_epoch)
 
 
 def _fmt_metrics(m: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ class FeatureSet:
     features: list[np.ndarray] = field(default_factory=list)
     work_ids: list[str] = field(default_factory=list)
     version_ids: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
     def __len__(self) -> int:
@@ -79,6 +80,7 @@ def load_manifest_features(
             out.features.append(np.asarray(feats, dtype=np.float16))
             out.work_ids.append(str(entry.work_id))
             out.version_ids.append(str(entry.version_id))
+            out.paths.append(path)
         if progress is not None:
             progress(1)
     if out.skipped:

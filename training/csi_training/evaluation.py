@@ -43,7 +43,7 @@ def embed_manifest(
     feats = load_manifest_features(entries, frontend, cache, max_s, progress)
     with autocast(dev, ckpt.config.amp and dev.type == "cuda"):
         emb = embed_features(encoder.backbone, feats.features, dev)
-    info = {"files": len(entries), "used": len(feats), "skipped": feats.skipped, "checkpoint": str(ckpt.path),
+    info = {"files": len(entries), "used": len(feats), "paths": feats.paths, "skipped": feats.skipped, "checkpoint": str(ckpt.path),
             "epoch": ckpt.info.get("epoch"), "manifest": str(manifest)}  # fmt: skip
     return emb.astype(np.float32), feats.work_ids, feats.version_ids, info
 
@@ -67,4 +67,5 @@ def evaluate_checkpoint(
     if len(works) < 2:
         raise ValueError(f"{manifest}: fewer than two usable files; nothing to evaluate")
     metrics = {k: v for k, v in evaluate(emb, works).items() if not isinstance(v, np.ndarray)}
+    info.pop("paths")
     return {"metrics": metrics, **info, "skipped_count": len(info["skipped"])}

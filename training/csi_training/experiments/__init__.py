@@ -1,0 +1,1 @@
+"""Reproducible experiments: each module is a command that writes a results table."""

@@ -501,18 +501,27 @@ def test_qmax_matrix_equals_pairwise_calls(rng: np.random.Generator) -> None:
     pairwise = np.array([[qmax_distance(tracks[i], tracks[j]) for j in range(n)] for i in range(n)])
     assert not np.allclose(pairwise, pairwise.T)  # Qmax distance is asymmetric
     calls: list[tuple[int, int]] = []
-    ordered = qmax_distance_matrix(tracks, symmetric=False, progress=lambda d, t: calls.append((d, t)))
+    ordered = qmax_distance_matrix(tracks, progress=lambda d, t: calls.append((d, t)))
     np.testing.assert_array_equal(ordered, pairwise)
     assert calls[-1] == (n * n, n * n)
-    np.testing.assert_allclose(qmax_distance_matrix(tracks), pairwise, rtol=1e-12)  # one alignment per pair
-    np.testing.assert_array_equal(qmax_distance_matrix(tracks, workers=2, symmetric=False), pairwise)
+    np.testing.assert_array_equal(qmax_distance_matrix(tracks, workers=2), pairwise)
+    # symmetric=True: one alignment per unordered pair (lower index = query), both directions from it
+    halved = qmax_distance_matrix(tracks, symmetric=True)
+    upper = np.triu_indices(n)
+    np.testing.assert_array_equal(halved[upper], pairwise[upper])
+    for i, j in zip(*np.tril_indices(n, -1)):
+        score, n_query, _n_reference = qmax_score(tracks[j], tracks[i])
+        assert halved[i, j] == distance_from_score(score, n_query)
 
     some = [(0, 1), (3, 2), (4, 4)]
     partial = qmax_distance_matrix(tracks, pairs=some, workers=2)
     mask = np.zeros((n, n), dtype=bool)
     mask[tuple(np.array(some).T)] = True
-    np.testing.assert_allclose(partial[mask], pairwise[mask], rtol=1e-12)
+    np.testing.assert_array_equal(partial[mask], pairwise[mask])
     assert np.all(np.isnan(partial[~mask]))
+    partial_halved = qmax_distance_matrix(tracks, pairs=some, symmetric=True)
+    np.testing.assert_array_equal(np.isnan(partial_halved), ~mask)
+    np.testing.assert_array_equal(partial_halved[3, 2], halved[3, 2])
 
 
 def test_qmax_rejects_bad_input(rng: np.random.Generator) -> None:

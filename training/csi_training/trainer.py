@@ -136,7 +136,9 @@ def _cache_for(config: TrainConfig, frontend: nn.Module) -> Any:
     return FeatureCache(root, namespace)
 
 
-def _load_splits(config: TrainConfig, frontend: nn.Module, proc: Process) -> tuple[FeatureSet, FeatureSet]:
+def _load_splits(
+    config: TrainConfig, frontend: nn.Module, proc: Process, progress: bool
+) -> tuple[FeatureSet, FeatureSet]:
     """Train and validation feature sets from the manifest (rank 0 fills the cache first)."""
     from csi_training.data import read_manifest
     from csi_training.datasets import load_manifest_features
@@ -155,7 +157,7 @@ def _load_splits(config: TrainConfig, frontend: nn.Module, proc: Process) -> tup
     def load() -> list[FeatureSet]:
         sets = []
         for name, subset in (("train", train_entries), ("val", val_entries)):
-            bar = _progress(len(subset), f"features ({name})", enabled=proc.main)
+            bar = _progress(len(subset), f"features ({name})", enabled=progress and proc.main)
             sets.append(load_manifest_features(subset, frontend, cache, config.data.eval_max_s, bar.update))
             bar.close()
         return sets
@@ -300,7 +302,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, proc: Process, sto
     frame_rate = float(frontend.frame_rate)  # type: ignore[union-attr,arg-type]
     if config.data.source != "manifest":
         raise NotImplementedError("data.source 'online' is handled by csi_training.online_training")
-    train_set, val_set = _load_splits(config, frontend, proc)
+    train_set, val_set = _load_splits(config, frontend, proc, progress)
     batches = _Batches(config, train_set, frame_rate, proc)
 
     head: nn.Module | None = None

@@ -239,3 +239,17 @@ def test_make_work_validates() -> None:
         notes.make_work("x", [("p", 0, ev)], tempo_map=np.array([[1.0, 100.0]]))
     with pytest.raises(ValueError, match="sections_beats"):
         notes.make_work("x", [("p", 0, ev)], sections_beats=[0.0, 0.5])
+
+
+def test_split_works_is_deterministic_and_order_free(bundled: list[notes.Work], seed: int) -> None:
+    train, test = notes.split_works(bundled, 0.25, seed=seed)
+    assert len(test) == round(0.25 * len(bundled)) and len(train) + len(test) == len(bundled)
+    assert not {w.work_id for w in train} & {w.work_id for w in test}
+    _, again_test = notes.split_works(bundled[::-1], 0.25, seed=seed)
+    assert {w.work_id for w in again_test} == {w.work_id for w in test}
+    _, other = notes.split_works(bundled, 0.25, seed=seed + 1)
+    assert {w.work_id for w in other} != {w.work_id for w in test}
+    three = [w.work_id for w in notes.split_works(bundled, 3, seed=seed)[1]]
+    assert len(three) == 3 and three == [w.work_id for w in bundled if w.work_id in set(three)]  # input order
+    with pytest.raises(ValueError, match="does not fit"):
+        notes.split_works(bundled, len(bundled) + 1)

@@ -781,6 +781,27 @@ def dedupe_works(works: Iterable[Work]) -> tuple[list[Work], dict[str, str]]:
     return kept, dropped
 
 
+def split_works(works: Sequence[Work], test_size: float, seed: int = 0) -> tuple[list[Work], list[Work]]:
+    """Split works into (train, test) by work: deterministic in (seed, work ids), independent of order.
+
+    test_size: a number of works (>= 1) or a fraction (< 1). Works are ranked by a hash of
+    (seed, work_id); the lowest ranked go to test. Run on de-duplicated works, no melody is on
+    both sides. Both lists keep the input order.
+    """
+    n_test = int(test_size) if test_size >= 1 else round(test_size * len(works))
+    if not 0 <= n_test <= len(works):
+        raise ValueError(f"test_size {test_size} does not fit {len(works)} works")
+    ids = [w.work_id for w in works]
+    if len(set(ids)) != len(ids):
+        raise ValueError("work ids must be unique")
+
+    def rank(work_id: str) -> bytes:
+        return hashlib.blake2b(f"{seed}:{work_id}".encode(), digest_size=8).digest()
+
+    test_ids = set(sorted(ids, key=rank)[:n_test])
+    return [w for w in works if w.work_id not in test_ids], [w for w in works if w.work_id in test_ids]
+
+
 # ---------------------------------------------------------------------------------------------
 # Extraction
 

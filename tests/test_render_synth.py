@@ -34,7 +34,7 @@ def _plain(work, **changes):
     """A version with nothing but the given changes: one sine voice, dry, no randomness."""
     base = versions.VersionParams(
         work_id=work.work_id, version_index=0, seed=0, original=False, transpose=0, tempo_factor=1.0,
-        tempo_drift=0.0, swing=0.0, humanize_s=0.0, velocity_jitter=0.0, accent=0,
+        tempo_drift=0.0, swing=0.0, humanize_s=0.0, melody_variation=0.0, velocity_jitter=0.0, accent=0,
         structure=tuple(range(work.n_sections)),
         voices=(versions.VoiceSpec("part:0", "", 0, "sine", 0.0),), soundfont="FluidR3_GM",
         reverb_rt60_s=0.0, reverb_wet=0.0, eq_tilt_db=0.0, noise="none", noise_snr_db=0.0, codec="none",
@@ -475,3 +475,26 @@ def test_an_excerpt_renders_like_the_same_stretch_of_the_whole(preset: str, rng:
     shifted["onset_s"] -= offset / SR
     part = render(shifted, SR, 3 * SR)
     np.testing.assert_allclose(part, whole[offset : offset + 3 * SR], atol=1e-5)
+
+
+def test_melody_variation_keeps_the_tune(rng: np.random.Generator) -> None:
+    pitches = rng.integers(60, 72, 200)
+    durations = rng.choice([0.5, 1.0, 2.0], 200)
+    ev = np.zeros(200, dtype=versions.BEAT_DTYPE)
+    ev["onset_beats"] = np.concatenate([[0.0], np.cumsum(durations)[:-1]])
+    ev["duration_beats"], ev["pitch"], ev["velocity"] = durations, pitches, 80
+    assert versions.vary_melody(ev, 0.0, rng) is ev
+    out = versions.vary_melody(ev, 0.2, rng)
+    # the total time is unchanged and notes still tile it without overlaps
+    assert out["onset_beats"][0] == 0 and np.all(np.diff(out["onset_beats"]) > 0)
+    np.testing.assert_allclose(out["onset_beats"][1:], (out["onset_beats"] + out["duration_beats"])[:-1])
+    assert out["onset_beats"][-1] + out["duration_beats"][-1] == pytest.approx(durations.sum())
+    # some notes were dropped, some ornamented; every original onset that survives keeps its pitch
+    kept = np.isin(ev["onset_beats"], out["onset_beats"])
+    assert 5 < (~kept).sum() < 45  # about amount/2 of 200 notes dropped
+    where = np.searchsorted(out["onset_beats"], ev["onset_beats"][kept])
+    np.testing.assert_array_equal(out["pitch"][where], ev["pitch"][kept])
+    added = ~np.isin(out["onset_beats"], ev["onset_beats"])
+    assert added.sum() > 0 and np.all(
+        np.abs(np.diff(out["pitch"].astype(int))[np.flatnonzero(added) - 1]) <= 2
+    )

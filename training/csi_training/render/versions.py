@@ -18,6 +18,7 @@ version from a `SeedSequence` of those three, and the params carry the seed of t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -63,6 +64,8 @@ class VersionConfig:
     swing_probability: float = 0.15
     swing_max: float = 0.3  # off-beat eighths delayed by up to this share of an eighth... ×2
     humanize_max_s: float = 0.02  # onset jitter std
+    melody_variation_probability: float = 0.5
+    melody_variation_max: float = 0.12  # share of melody notes dropped or ornamented
     velocity_jitter_max: float = 0.15  # log-normal velocity jitter std
     accent_max: int = 15  # extra velocity on beats
     structure_change_probability: float = 0.6
@@ -139,6 +142,7 @@ class VersionParams:
     tempo_drift: float
     swing: float  # 0..~0.33: off-beat eighths delayed (triplet feel at 1/3)
     humanize_s: float
+    melody_variation: float  # share of melody notes dropped (merged into the previous) or ornamented
     velocity_jitter: float
     accent: int
     structure: tuple[int, ...]  # section indices in playing order
@@ -327,6 +331,7 @@ def sample_version(
             tempo_drift=0.0,
             swing=0.0,
             humanize_s=0.0,
+            melody_variation=0.0,
             velocity_jitter=0.0,
             accent=0,
             structure=structure,
@@ -355,6 +360,11 @@ def sample_version(
         else 0.0
     )
     humanize = float(rng.uniform(0, config.humanize_max_s))
+    variation = (
+        float(rng.uniform(0, config.melody_variation_max))
+        if rng.random() < config.melody_variation_probability
+        else 0.0
+    )
     vel_jitter = float(rng.uniform(0, config.velocity_jitter_max))
     accent = int(rng.integers(0, config.accent_max + 1))
     structure = _sample_structure(work, rng, config, tempo_factor)
@@ -436,6 +446,7 @@ def sample_version(
         tempo_drift=round(drift, 4),
         swing=round(swing, 3),
         humanize_s=round(humanize, 4),
+        melody_variation=round(variation, 3),
         velocity_jitter=round(vel_jitter, 3),
         accent=accent,
         structure=structure,
@@ -522,6 +533,7 @@ def harmony_segments(work: Work) -> np.ndarray:
     return bounds
 
 
+@functools.lru_cache(maxsize=64)  # keyed by the Work object itself (identity); bass + chords share it
 def estimate_chords(work: Work) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(segment bounds [G + 1] in beats, chord root pitch class [G], is_minor [G]).
 
@@ -711,6 +723,45 @@ def _source_events(work: Work, spec: VoiceSpec) -> np.ndarray:
     raise ValueError(f"unknown voice source {spec.source!r}")
 
 
+def vary_melody(events: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    """A performer's liberties with a melody (BEAT_DTYPE in, BEAT_DTYPE out): each lone note (no
+    other note at its onset) is, with probability amount/2, dropped and its time given to the
+    note before, or, with probability amount/2 when it lasts a beat or more, split into itself and
+    a neighbour tone leading to the next note."""
+    n = len(events)
+    if amount <= 0 or n < 3:
+        return events
+    onsets = events["onset_beats"]
+    _, first_index, counts = np.unique(onsets, return_index=True, return_counts=True)
+    lone = np.zeros(n, dtype=bool)
+    lone[first_index[counts == 1]] = True
+    draws = rng.random(n)
+    steps = rng.choice([1, 2], n)
+    rows: list[list[float]] = []
+    last_lone_row = -1
+    for i in range(n):
+        onset, duration, pitch, velocity = (float(x) for x in events[i])
+        if lone[i] and 0 < i < n - 1 and draws[i] < amount / 2 and last_lone_row >= 0:
+            prev = rows[last_lone_row]
+            if abs(prev[0] + prev[1] - onset) < 1e-6:  # legato: the previous note holds on
+                prev[1] += duration
+                continue
+        if lone[i] and i < n - 1 and amount / 2 <= draws[i] < amount and duration >= 1.0:
+            target = float(events["pitch"][i + 1])
+            direction = np.sign(target - pitch) or (1.0 if draws[i] < 0.75 * amount else -1.0)
+            rows.append([onset, duration / 2, pitch, velocity])
+            rows.append([onset + duration / 2, duration / 2, pitch + direction * steps[i], velocity * 0.9])
+            last_lone_row = len(rows) - 1
+            continue
+        rows.append([onset, duration, pitch, velocity])
+        last_lone_row = len(rows) - 1 if lone[i] else -1
+    out = np.zeros(len(rows), dtype=BEAT_DTYPE)
+    arr = np.array(rows, dtype=np.float64)
+    out["onset_beats"], out["duration_beats"] = arr[:, 0], arr[:, 1]
+    out["pitch"], out["velocity"] = np.clip(arr[:, 2], 0, 127), np.clip(np.round(arr[:, 3]), 1, 127)
+    return out
+
+
 def _swing_beats(beats: np.ndarray, swing: float) -> np.ndarray:
     """Delay off-beat eighths: position u in each quarter maps 0→0, ½→½+swing/2, 1→1."""
     if swing <= 0:
@@ -767,6 +818,8 @@ def apply_version(work: Work, params: VersionParams, max_duration_s: float | Non
     voices = []
     for spec in params.voices:
         ev = _source_events(work, spec)
+        if spec.source == "part:0" and params.melody_variation > 0:
+            ev = vary_melody(ev, params.melody_variation, rng)
         if params.accent and not spec.is_drums and len(ev):
             pos = ev["onset_beats"] / beat
             on_beat = np.abs(pos - np.round(pos)) < 1e-6

@@ -120,8 +120,9 @@ class OnlineVersions(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
             cut = 0
         else:
             length = arrangement.duration_s + tail
-            start = float(rng.uniform(0.0, max(0.0, length - self.clip_s)))
-            preroll = min(start, PREROLL_S)
+            # whole samples: the excerpt's notes then start on the same samples as in the whole version
+            start = round(float(rng.uniform(0.0, max(0.0, length - self.clip_s))) * sr) / sr
+            preroll = round(min(start, PREROLL_S) * sr) / sr
             window = _window(arrangement, start - preroll, start + self.clip_s)
             dry = synth.synthesize(window, sr, preroll + self.clip_s)
             cut = round(preroll * sr)

@@ -144,6 +144,64 @@ def evaluate(
     return result
 
 
+def evaluate_distances(
+    distances: npt.ArrayLike,
+    work_ids: Sequence[Any] | npt.NDArray[Any],
+    *,
+    k_precision: int = 10,
+    ties: Ties = "pessimistic",
+    return_per_query: bool = False,
+) -> dict[str, Any]:
+    """The metrics of :func:`evaluate` from a precomputed distance matrix (smaller is better).
+
+    ``distances`` ``[N, N]``: row ``i`` ranks every other item for query ``i`` (leave-one-out; the
+    diagonal is ignored), so asymmetric measures such as Qmax are used as they are meant to be.
+    ``+inf`` is allowed (never matched); NaN is an error. For baselines that are not embeddings.
+    """
+    d = np.asarray(distances, dtype=np.float64)
+    if d.ndim != 2 or d.shape[0] != d.shape[1]:
+        raise ValueError(f"distances must be a square [N, N] matrix, got shape {d.shape}")
+    n_items = d.shape[0]
+    if n_items < 2:
+        raise ValueError(f"need at least 2 items, got {n_items}")
+    off_diagonal = ~np.eye(n_items, dtype=bool)
+    if np.isnan(d[off_diagonal]).any():
+        raise ValueError("distances hold NaN off the diagonal (pairs not computed?)")
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
+    finite = d[np.isfinite(d)]
+    # +inf ("never matches") becomes a finite worst value so it stays ranked above the excluded
+    # query itself (-inf inside the ranking code); scores stay float64, so near ties are not merged
+    worst = 2.0 * float(np.abs(finite).max(initial=0.0)) + 1.0
+    scores = -np.where(np.isfinite(d), d, worst)
+    if np.isneginf(d[off_diagonal]).any():
+        raise ValueError("distances hold -inf")
+    codes = _encode_work_ids(work_ids, n_items)
+    items = np.arange(n_items)
+    per_query, n_relevant = _rank_queries(
+        items.astype(np.float64)[:, None], codes, items, items, _MatrixScorer(scores), True, ties, None, int(k_precision)
+    )
+    has_relevant = n_relevant > 0
+    if not has_relevant.any():
+        raise ValueError("no query has a relevant reference (every work has a single item)")
+    k = int(k_precision)
+    result: dict[str, Any] = {
+        "MAP": float(np.mean(per_query["AP"][has_relevant])),
+        f"P@{k}": float(np.mean(per_query[f"P@{k}"][has_relevant])),
+        "MR1": float(np.mean(per_query["rank1"][has_relevant])),
+        "MRR": float(np.mean(per_query["RR"][has_relevant])),
+        "Top1": float(np.mean(per_query["rank1"][has_relevant] <= 1)),
+        f"Top{k}": float(np.mean(per_query["rank1"][has_relevant] <= k)),
+        "n_queries": int(has_relevant.sum()),
+        "n_queries_without_relevant": int((~has_relevant).sum()),
+        "n_items": n_items,
+        "n_refs": n_items,
+    }
+    if return_per_query:
+        result["per_query"] = {"index": items, "n_relevant": n_relevant, **per_query}
+    return result
+
+
 # ---------------------------------------------------------------------------------- input checks
 
 
@@ -284,6 +342,21 @@ class _NumpyScorer:
         at_least = _count_numpy(s, thresholds, np.greater_equal)
         better = _count_numpy(s, thresholds, np.greater) if strict else None
         return thresholds, at_least, better, lambda i: s[i]
+
+
+class _MatrixScorer(_NumpyScorer):
+    """Precomputed scores ``[N, N]`` (e.g. minus a baseline's distances): "query embeddings" are the
+    item indices (a ``[b, 1]`` column), so the rest of the ranking code is shared unchanged."""
+
+    def __init__(self, scores: np.ndarray) -> None:
+        self.n_refs = scores.shape[1]
+        self.matrix = scores
+
+    def scores(self, queries: np.ndarray, self_cols: np.ndarray) -> np.ndarray:
+        s = self.matrix[queries[:, 0].astype(np.int64)].copy()
+        has_self = self_cols >= 0
+        s[np.flatnonzero(has_self), self_cols[has_self]] = -np.inf
+        return s
 
 
 def _count_numpy(s: np.ndarray, thresholds: np.ndarray, op: np.ufunc) -> np.ndarray:

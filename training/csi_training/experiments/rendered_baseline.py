@@ -80,7 +80,7 @@ def _render(args: argparse.Namespace, works: list[Any], corpus_dir: Path) -> Pat
         bar.refresh()
 
     result = render_corpus(corpus_dir, works, args.versions, renderer=args.renderer, seed=args.seed,
-                           workers=args.workers, progress=progress)  # fmt: skip
+                           workers=args.workers, progress=progress, max_duration_s=args.max_duration_s)  # fmt: skip
     bar.close()
     return Path(result)
 
@@ -109,6 +109,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     corpus_manifest = _render(args, works, work_dir / "corpus")
     train_manifest, test_manifest = _split_manifests(corpus_manifest, set(split.test), args.test_versions, work_dir)
+    if args.stop_after == "render":
+        return {"rows": []}
 
     model_dir = work_dir / "model"
     config = load_config(args.config, {"data.manifest": str(train_manifest), "out_dir": str(model_dir),
@@ -221,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-versions", type=int, default=4)
     p.add_argument("--qmax-works", type=int, default=50)
     p.add_argument("--renderer", default="synth", choices=["synth", "fluidsynth"])
+    p.add_argument("--max-duration-s", type=float, default=None, help="cut each rendered version to this length")
     p.add_argument("--rerender", action="store_true")
+    p.add_argument("--stop-after", choices=["render"], default=None, help="stop after this step")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)

@@ -42,7 +42,14 @@ def _setup(width: str, device: str) -> dict[str, Any]:
     loss = TripletLoss(margin=loss_cfg.margin, mining=loss_cfg.mining, metric=loss_cfg.distance)
     x = torch.rand(BATCH, N_BINS, FRAMES, device=device)
     labels = torch.arange(BATCH, device=device) // 4
-    return {"model": model, "opt": opt, "loss": loss, "x": x, "labels": labels, "device": torch.device(device)}
+    return {
+        "model": model,
+        "opt": opt,
+        "loss": loss,
+        "x": x,
+        "labels": labels,
+        "device": torch.device(device),
+    }
 
 
 def _step(s: dict[str, Any], amp: bool) -> None:
@@ -67,9 +74,19 @@ def test_train_step(benchmark: Any, width: str, device: str, precision: str) -> 
         return
     rate = BATCH / benchmark.stats.stats.median
     benchmark.extra_info.update(samples_per_s=rate, batch=BATCH, frames=FRAMES)
-    label = "bf16 autocast" if device == "cpu" and cpu_supports_bf16() else "autocast" if device == "cuda" else "fp32"
-    key = {"model": width, "device": device, "batch": f"{BATCH}×{N_BINS}×{FRAMES}",
-           "threads": torch.get_num_threads()}  # fmt: skip
+    label = (
+        "bf16 autocast"
+        if device == "cpu" and cpu_supports_bf16()
+        else "autocast"
+        if device == "cuda"
+        else "fp32"
+    )
+    key = {
+        "model": width,
+        "device": device,
+        "batch": f"{BATCH}×{N_BINS}×{FRAMES}",
+        "threads": torch.get_num_threads(),
+    }
     if amp:
         record("training", key, {"csi step (samples/s)": f"{rate:.1f}", "precision": label})
     else:
@@ -92,5 +109,8 @@ def test_input_pipeline(benchmark: Any) -> None:
         return
     rate = BATCH / benchmark.stats.stats.median
     benchmark.extra_info.update(samples_per_s=rate)
-    record("training", {"model": "input pipeline", "device": "cpu", "batch": f"{BATCH}×{N_BINS}×{FRAMES}",
-                        "threads": 1}, {"csi step (samples/s)": f"{rate:.0f}"})  # fmt: skip
+    record(
+        "training",
+        {"model": "input pipeline", "device": "cpu", "batch": f"{BATCH}×{N_BINS}×{FRAMES}", "threads": 1},
+        {"csi step (samples/s)": f"{rate:.0f}"},
+    )

@@ -57,7 +57,9 @@ def test_augment_probabilities_zero_is_identity(rng: np.random.Generator) -> Non
 
 def test_specaugment_only_zeroes(rng: np.random.Generator) -> None:
     x = torch.rand(8, 84, 50) + 0.5
-    aug = FeatureAugment(AugmentConfig(pitch_roll_p=0, specaugment_p=1.0, freq_mask_max=10, time_mask_max=0.2))
+    aug = FeatureAugment(
+        AugmentConfig(pitch_roll_p=0, specaugment_p=1.0, freq_mask_max=10, time_mask_max=0.2)
+    )
     out = aug(x, rng)
     changed = out != x
     assert torch.all(out[changed] == 0)

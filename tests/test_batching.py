@@ -64,4 +64,6 @@ def test_ranks_get_disjoint_works() -> None:
 
 def test_too_few_works_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="need 8 works with >= 2 versions"):
-        CliqueBatchSampler({0: [0, 1], 1: [2, 3], 2: [4]}, works_per_batch=4, versions_per_work=2, world_size=2)
+        CliqueBatchSampler(
+            {0: [0, 1], 1: [2, 3], 2: [4]}, works_per_batch=4, versions_per_work=2, world_size=2
+        )

@@ -24,14 +24,21 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def test_yaml_and_toml_give_the_same_config(tmp_path: Path) -> None:
-    yaml_cfg = _write(tmp_path, "a.yaml", """
+    yaml_cfg = _write(
+        tmp_path,
+        "a.yaml",
+        """
 seed: 7
 model: {width: full, embedding_dim: 128}
 loss: {mining: semi_hard, margin: 0.2}
 data: {manifest: m.csv, works_per_batch: 8}
 optim: {epochs: 3, lr: 0.002}
-""")
-    toml_cfg = _write(tmp_path, "a.toml", """
+""",
+    )
+    toml_cfg = _write(
+        tmp_path,
+        "a.toml",
+        """
 seed = 7
 [model]
 width = "full"
@@ -45,7 +52,8 @@ works_per_batch = 8
 [optim]
 epochs = 3
 lr = 0.002
-""")
+""",
+    )
     a, b = load_config(yaml_cfg), load_config(toml_cfg)
     assert a == b
     assert a.model.width == "full" and a.loss.mining == "semi_hard" and a.optim.lr == 0.002

@@ -25,13 +25,17 @@ from csi_training.trainer import train
 SR = 16000
 
 
-def _melody_audio(pitches: np.ndarray, note_s: float, brightness: float, rng: np.random.Generator) -> np.ndarray:
+def _melody_audio(
+    pitches: np.ndarray, note_s: float, brightness: float, rng: np.random.Generator
+) -> np.ndarray:
     t = np.arange(int(note_s * SR)) / SR
     env = np.minimum(1.0, t / 0.01) * np.exp(-t * 2.0)
     notes = []
     for p in pitches:
         f0 = 440.0 * 2 ** ((p - 69) / 12)
-        tone = sum(brightness**h * np.sin(2 * np.pi * f0 * (h + 1) * t) for h in range(5) if f0 * (h + 1) < SR / 2)
+        tone = sum(
+            brightness**h * np.sin(2 * np.pi * f0 * (h + 1) * t) for h in range(5) if f0 * (h + 1) < SR / 2
+        )
         notes.append(env * tone)
     audio = np.concatenate(notes)
     audio += 0.01 * rng.standard_normal(audio.size)
@@ -56,8 +60,10 @@ def make_corpus(root: Path, n_works: int, n_versions: int, seed: int, bad_files:
         corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(50))
         silent = root / "bad" / "silent.wav"
         sf.write(silent, np.zeros(SR * 3, np.float32), SR)
-        entries += [ManifestEntry(path=corrupt, work_id="work0", version_id="corrupt"),
-                    ManifestEntry(path=silent, work_id="work1", version_id="silent")]  # fmt: skip
+        entries += [
+            ManifestEntry(path=corrupt, work_id="work0", version_id="corrupt"),
+            ManifestEntry(path=silent, work_id="work1", version_id="silent"),
+        ]
     manifest = root / "manifest.csv"
     write_manifest(manifest, entries)
     return manifest
@@ -72,10 +78,16 @@ def tiny_config(manifest: Path, out: Path, **over: object) -> dict:
         "frontend": {"kind": "cqt", "sample_rate": SR, "hop_length": 640, "n_bins": 84, "pool": 5},
         "model": {"width": "small", "embedding_dim": 32},
         "loss": {"mining": "semi_hard", "margin": 0.3},
-        "data": {"manifest": str(manifest), "cache_dir": str(out.parent / "cache"), "val_works": 3,
-                 "clip_s": 3.0, "works_per_batch": 4, "versions_per_work": 3},
+        "data": {
+            "manifest": str(manifest),
+            "cache_dir": str(out.parent / "cache"),
+            "val_works": 3,
+            "clip_s": 3.0,
+            "works_per_batch": 4,
+            "versions_per_work": 3,
+        },
         "optim": {"epochs": 3, "steps_per_epoch": 3, "warmup_steps": 2, "lr": 3e-3},
-    }  # fmt: skip
+    }
     for dotted, value in over.items():
         node = cfg
         *parents, leaf = dotted.split("__")
@@ -144,7 +156,9 @@ def test_incompatible_resume_and_damaged_checkpoints_are_refused(corpus: Path, t
     header = json.loads((best / "config.json").read_text())
     header["config"]["model"]["embedding_dim"] = 48
     (best / "config.json").write_text(json.dumps(header))
-    with pytest.raises(CheckpointError, match=r"wrong shape backbone\.embed\.bias \(32,\)≠\(48,\), backbone\.embed\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"wrong shape backbone\.embed\.bias \(32,\)≠\(48,\), backbone\.embed\.weight"
+    ):
         load_checkpoint(best)
     header["format_version"] = 99
     (best / "config.json").write_text(json.dumps(header))
@@ -160,8 +174,15 @@ def test_incompatible_resume_and_damaged_checkpoints_are_refused(corpus: Path, t
 def test_training_separates_works(tmp_path: Path) -> None:
     """A real learning check: after a short run, validation MAP beats chance by a wide margin."""
     manifest = make_corpus(tmp_path / "c", n_works=16, n_versions=4, seed=11)
-    cfg = tiny_config(manifest, tmp_path / "run", data__val_works=6, optim__epochs=8, optim__steps_per_epoch=6,
-                      loss__mining="random", augment__pitch_roll_p=0.0)  # fmt: skip
+    cfg = tiny_config(
+        manifest,
+        tmp_path / "run",
+        data__val_works=6,
+        optim__epochs=8,
+        optim__steps_per_epoch=6,
+        loss__mining="random",
+        augment__pitch_roll_p=0.0,
+    )
     result = train(config_from_dict(cfg), progress=False)
     # 6 unseen works × 4 versions: a random ranking gives MAP ≈ 0.25 (measured: 0.23–0.26 after one epoch)
     assert result.best["val"]["MAP"] > 0.45
@@ -170,14 +191,42 @@ def test_training_separates_works(tmp_path: Path) -> None:
 def test_cli_train_and_eval(corpus: Path, tmp_path: Path) -> None:
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps(tiny_config(corpus, tmp_path / "run", optim__epochs=1)))
-    run = subprocess.run([sys.executable, "-m", "csi_runtime", "train", "--config", str(config), "--no-progress",
-                          "--set", "optim.steps_per_epoch=2"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "csi_runtime",
+            "train",
+            "--config",
+            str(config),
+            "--no-progress",
+            "--set",
+            "optim.steps_per_epoch=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert "best epoch 1" in run.stdout and "skipping" in run.stderr
     out_json = tmp_path / "eval.json"
-    run = subprocess.run([sys.executable, "-m", "csi_runtime", "eval", "--checkpoint", str(tmp_path / "run" / "best"),
-                          "--manifest", str(corpus), "--out", str(out_json)], capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "csi_runtime",
+            "eval",
+            "--checkpoint",
+            str(tmp_path / "run" / "best"),
+            "--manifest",
+            str(corpus),
+            "--out",
+            str(out_json),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert "MAP" in run.stdout and "2 skipped" in run.stdout
     report = json.loads(out_json.read_text())
@@ -186,8 +235,12 @@ def test_cli_train_and_eval(corpus: Path, tmp_path: Path) -> None:
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim: {epochz: 1}\n")
-    run = subprocess.run([sys.executable, "-m", "csi_runtime", "train", "--config", str(bad)],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "csi_runtime", "train", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2 and "optim.epochz" in run.stderr
 
 
@@ -195,9 +248,22 @@ def test_cli_train_and_eval(corpus: Path, tmp_path: Path) -> None:
 def test_torchrun_ddp_on_cpu_gloo(corpus: Path, tmp_path: Path) -> None:
     """The same command under torchrun with 2 CPU processes (gloo): replicas stay identical."""
     config = tmp_path / "cfg.json"
-    config.write_text(json.dumps(tiny_config(corpus, tmp_path / "run", optim__epochs=2, data__works_per_batch=2)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "csi_runtime", "train", "--config", str(config), "--no-progress"]  # fmt: skip
+    config.write_text(
+        json.dumps(tiny_config(corpus, tmp_path / "run", optim__epochs=2, data__works_per_batch=2))
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "csi_runtime",
+        "train",
+        "--config",
+        str(config),
+        "--no-progress",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     assert "parameters identical on 2 ranks" in run.stderr

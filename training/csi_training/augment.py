@@ -17,7 +17,9 @@ from csi_training.config import AugmentConfig
 __all__ = ["FeatureAugment", "crop", "pitch_roll"]
 
 
-def crop(features: np.ndarray, frames: int, rng: np.random.Generator | None, stretch: float = 1.0) -> np.ndarray:
+def crop(
+    features: np.ndarray, frames: int, rng: np.random.Generator | None, stretch: float = 1.0
+) -> np.ndarray:
     """A window of ``frames`` frames from ``features`` [F, T] (float16/32) → float32 [F, frames].
 
     ``stretch`` s > 1 takes round(frames·s) source frames and compresses them (faster tempo).

@@ -34,7 +34,15 @@ logger = logging.getLogger(__name__)
 FORMAT = "csi-checkpoint"
 FORMAT_VERSION = 1
 #: config keys that may change between a checkpoint and a resumed run without changing the model
-RESUMABLE_CHANGES = ("optim.epochs", "out_dir", "device", "amp", "threads", "data.num_workers", "data.cache_dir")
+RESUMABLE_CHANGES = (
+    "optim.epochs",
+    "out_dir",
+    "device",
+    "amp",
+    "threads",
+    "data.num_workers",
+    "data.cache_dir",
+)
 
 __all__ = ["Checkpoint", "CheckpointError", "check_resumable", "load_checkpoint", "save_checkpoint"]
 
@@ -73,9 +81,11 @@ def save_checkpoint(
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
     try:
-        weights = {f"backbone.{k}": v.detach().cpu().contiguous() for k, v in encoder.backbone.state_dict().items()}
+        weights = {
+            f"backbone.{k}": v.detach().cpu().contiguous() for k, v in encoder.backbone.state_dict().items()
+        }
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-        frontend_config = encoder.frontend.config.to_dict()  # type: ignore[union-attr,operator]
+        frontend_config = encoder.frontend.config.to_dict()
         header = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -163,9 +173,13 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
         if wrong_shape:
             parts.append(
                 "wrong shape "
-                + ", ".join(f"{k} {tuple(weights[k].shape)}≠{tuple(expected[k].shape)}" for k in wrong_shape[:8])
+                + ", ".join(
+                    f"{k} {tuple(weights[k].shape)}≠{tuple(expected[k].shape)}" for k in wrong_shape[:8]
+                )
             )
-        raise CheckpointError(f"weights in {weights_file} do not fit the model its config describes: {'; '.join(parts)}")
+        raise CheckpointError(
+            f"weights in {weights_file} do not fit the model its config describes: {'; '.join(parts)}"
+        )
     encoder.backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in weights.items()})
     encoder.eval()
     metrics_file = directory / "metrics.json"

@@ -47,8 +47,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(config, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty())
     if result.best:
         val = result.best.get("val", {})
-        print(f"best epoch {result.best.get('epoch')}: " + ", ".join(f"{k} {val[k]:.4f}" for k in
-              ("MAP", "P@10", "MR1", "MRR") if k in val))  # fmt: skip
+        print(
+            f"best epoch {result.best.get('epoch')}: "
+            + ", ".join(f"{k} {val[k]:.4f}" for k in ("MAP", "P@10", "MR1", "MRR") if k in val)
+        )
     print(f"checkpoints: {result.out_dir / 'best'} (best), {result.out_dir / 'last'} (last)")
     return 0
 
@@ -56,24 +58,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     _setup_logging()
     from csi_runtime.cli import Progress
-
     from csi_training.data import read_manifest
     from csi_training.evaluation import evaluate_checkpoint
 
     n = len(read_manifest(args.manifest))
     bar = Progress(n, "embedding")
     try:
-        report = evaluate_checkpoint(args.checkpoint, args.manifest, device=args.device, max_s=args.max_s,
-                                     cache_dir=args.cache_dir, progress=bar.advance)  # fmt: skip
+        report = evaluate_checkpoint(
+            args.checkpoint,
+            args.manifest,
+            device=args.device,
+            max_s=args.max_s,
+            cache_dir=args.cache_dir,
+            progress=bar.advance,
+        )
     finally:
         bar.close()
     m = report["metrics"]
-    print(f"{report['used']} of {report['files']} files ({report['skipped_count']} skipped), "
-          f"{m.get('n_queries')} queries")  # fmt: skip
+    print(
+        f"{report['used']} of {report['files']} files ({report['skipped_count']} skipped), "
+        f"{m.get('n_queries')} queries"
+    )
     for key in ("MAP", "P@10", "MR1", "MRR", "Top1", "Top10"):
         if key in m:
             print(f"  {key:<6} {m[key]:.4f}")
-    out = Path(args.out) if args.out else Path(args.checkpoint) / "eval" / (Path(args.manifest).stem + ".json")
+    out = (
+        Path(args.out) if args.out else Path(args.checkpoint) / "eval" / (Path(args.manifest).stem + ".json")
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
@@ -88,8 +99,13 @@ def register(sub: Any) -> None:
     p.add_argument("--config", required=True, help="training config (.yaml, .yml, .toml or .json)")
     p.add_argument("--resume", action="store_true", help="continue the run in the config's out_dir")
     p.add_argument("--out", help="override out_dir")
-    p.add_argument("--set", action="append", type=_parse_override, metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set optim.epochs=5 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        type=_parse_override,
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.epochs=5 (repeatable)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

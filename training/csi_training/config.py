@@ -49,8 +49,16 @@ class ConfigError(ValueError):
 
 def _default_frontend() -> dict[str, Any]:
     # 16 kHz, 25 frames/s CQT over 7 octaves from C1, averaged to 5 frames/s for the backbone.
-    return {"kind": "cqt", "sample_rate": 16000, "hop_length": 640, "fmin": 32.70, "n_bins": 84,
-            "bins_per_octave": 12, "pool": 5, "log": "log1p"}  # fmt: skip
+    return {
+        "kind": "cqt",
+        "sample_rate": 16000,
+        "hop_length": 640,
+        "fmin": 32.70,
+        "n_bins": 84,
+        "bins_per_octave": 12,
+        "pool": 5,
+        "log": "log1p",
+    }
 
 
 @dataclass(frozen=True)

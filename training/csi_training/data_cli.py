@@ -41,8 +41,12 @@ def cmd_render(args: argparse.Namespace) -> int:
         works = load_note_corpus(args.notes)
     else:
         bar = _bar(0, "parsing scores")
-        works = extract_works(limit=args.limit, workers=args.workers,
-                              progress=lambda d, n: (setattr(bar, "total", n), bar.update(d - bar.n)))  # fmt: skip
+
+        def parsed(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        works = extract_works(limit=args.limit, workers=args.workers, progress=parsed)
         bar.close()
     bar = _bar(0, f"rendering ({args.renderer})")
 
@@ -50,9 +54,18 @@ def cmd_render(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
-    manifest = render_corpus(args.out, works, args.versions, renderer=args.renderer, sample_rate=args.sample_rate,
-                             seed=args.seed, workers=args.workers, progress=progress,
-                             max_duration_s=args.max_duration_s, limit=args.limit)  # fmt: skip
+    manifest = render_corpus(
+        args.out,
+        works,
+        args.versions,
+        renderer=args.renderer,
+        sample_rate=args.sample_rate,
+        seed=args.seed,
+        workers=args.workers,
+        progress=progress,
+        max_duration_s=args.max_duration_s,
+        limit=args.limit,
+    )
     bar.close()
     print(f"manifest: {manifest}")
     return 0
@@ -81,10 +94,16 @@ def register(sub: Any) -> None:
 
     p = dsub.add_parser("render", help="render versions of each work to FLAC + manifest.csv")
     p.add_argument("--out", required=True, help="corpus folder (resumable)")
-    p.add_argument("--notes", default=None, help="note-event corpus from `csi data notes` (default: parse now)")
+    p.add_argument(
+        "--notes", default=None, help="note-event corpus from `csi data notes` (default: parse now)"
+    )
     p.add_argument("--versions", type=int, default=4, help="versions per work")
-    p.add_argument("--renderer", default="synth", choices=["synth", "fluidsynth"],
-                   help="fast built-in synthesiser, or FluidSynth with General-MIDI soundfonts")  # fmt: skip
+    p.add_argument(
+        "--renderer",
+        default="synth",
+        choices=["synth", "fluidsynth"],
+        help="fast built-in synthesiser, or FluidSynth with General-MIDI soundfonts",
+    )
     p.add_argument("--limit", type=int, default=None, help="at most this many works")
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--max-duration-s", type=float, default=None, help="cut each version to this length")

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
 
 from csi_training.feature_cache import FeatureCache
+from csi_training.frontends import Frontend
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ class FeatureSet:
 
 
 @torch.no_grad()
-def _features_of(path: str, frontend: nn.Module, sample_rate: int, max_s: float) -> np.ndarray:
+def _features_of(path: str, frontend: Frontend, sample_rate: int, max_s: float) -> np.ndarray:
     from csi_training.data import load_audio
 
     audio = load_audio(path, sample_rate, max_duration_s=max_s)
@@ -56,7 +58,7 @@ def _features_of(path: str, frontend: nn.Module, sample_rate: int, max_s: float)
 
 def load_manifest_features(
     entries: Sequence,  # Sequence[ManifestEntry]
-    frontend: nn.Module,
+    frontend: Frontend,
     cache: FeatureCache | None,
     max_s: float,
     progress: Callable[[int], None] | None = None,
@@ -64,7 +66,7 @@ def load_manifest_features(
     """Features of every usable entry (``entry.path``, ``entry.work_id``, ``entry.version_id``)."""
     from csi_training.data import AudioError
 
-    sample_rate = int(frontend.config.sample_rate)  # type: ignore[union-attr]
+    sample_rate = int(frontend.sample_rate)
     out = FeatureSet()
     for entry in entries:
         path = str(entry.path)
@@ -72,7 +74,7 @@ def load_manifest_features(
             if cache is None:
                 feats = _features_of(path, frontend, sample_rate, max_s)
             else:
-                feats = cache.get_or_compute(path, lambda p=path: _features_of(p, frontend, sample_rate, max_s))
+                feats = cache.get_or_compute(path, partial(_features_of, path, frontend, sample_rate, max_s))
         except (AudioError, OSError, ValueError) as exc:
             logger.warning("skipping %s: %s", path, exc)
             out.skipped.append((path, str(exc)))
@@ -84,8 +86,11 @@ def load_manifest_features(
         if progress is not None:
             progress(1)
     if out.skipped:
-        logger.warning("%d of %d files were skipped (unreadable, empty, silent or non-finite)",
-                       len(out.skipped), len(entries))  # fmt: skip
+        logger.warning(
+            "%d of %d files were skipped (unreadable, empty, silent or non-finite)",
+            len(out.skipped),
+            len(entries),
+        )
     return out
 
 

@@ -43,8 +43,15 @@ def embed_manifest(
     feats = load_manifest_features(entries, frontend, cache, max_s, progress)
     with autocast(dev, ckpt.config.amp and dev.type == "cuda"):
         emb = embed_features(encoder.backbone, feats.features, dev)
-    info = {"files": len(entries), "used": len(feats), "paths": feats.paths, "skipped": feats.skipped, "checkpoint": str(ckpt.path),
-            "epoch": ckpt.info.get("epoch"), "manifest": str(manifest)}  # fmt: skip
+    info = {
+        "files": len(entries),
+        "used": len(feats),
+        "paths": feats.paths,
+        "skipped": feats.skipped,
+        "checkpoint": str(ckpt.path),
+        "epoch": ckpt.info.get("epoch"),
+        "manifest": str(manifest),
+    }
     return emb.astype(np.float32), feats.work_ids, feats.version_ids, info
 
 

@@ -179,7 +179,15 @@ def evaluate_distances(
     codes = _encode_work_ids(work_ids, n_items)
     items = np.arange(n_items)
     per_query, n_relevant = _rank_queries(
-        items.astype(np.float64)[:, None], codes, items, items, _MatrixScorer(scores), True, ties, None, int(k_precision)
+        items.astype(np.float64)[:, None],
+        codes,
+        items,
+        items,
+        _MatrixScorer(scores),
+        True,
+        ties,
+        None,
+        int(k_precision),
     )
     has_relevant = n_relevant > 0
     if not has_relevant.any():

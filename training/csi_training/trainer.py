@@ -29,9 +29,10 @@ from torch import nn
 from csi_training.augment import FeatureAugment, crop
 from csi_training.batching import CliqueBatchSampler, split_works
 from csi_training.checkpoint import check_resumable, read_header, save_checkpoint
-from csi_training.config import TrainConfig, config_to_dict
+from csi_training.config import TrainConfig
 from csi_training.datasets import FeatureSet, embed_features
-from csi_training.models.encoder import Encoder, build_encoder
+from csi_training.frontends import Frontend
+from csi_training.models.encoder import build_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -128,16 +129,16 @@ class TrainNet(nn.Module):
 # -- data ----------------------------------------------------------------------------------------
 
 
-def _cache_for(config: TrainConfig, frontend: nn.Module) -> Any:
+def _cache_for(config: TrainConfig, frontend: Frontend) -> Any:
     from csi_training.feature_cache import FeatureCache
 
     root = config.data.cache_dir or str(Path(config.data.manifest or ".").resolve().parent / ".csi-features")
-    namespace = {"frontend": frontend.config.to_dict(), "max_s": config.data.eval_max_s, "v": 1}  # type: ignore[union-attr,operator]
+    namespace = {"frontend": frontend.config.to_dict(), "max_s": config.data.eval_max_s, "v": 1}
     return FeatureCache(root, namespace)
 
 
 def _load_splits(
-    config: TrainConfig, frontend: nn.Module, proc: Process, progress: bool
+    config: TrainConfig, frontend: Frontend, proc: Process, progress: bool
 ) -> tuple[FeatureSet, FeatureSet]:
     """Train and validation feature sets from the manifest (rank 0 fills the cache first)."""
     from csi_training.data import read_manifest
@@ -145,13 +146,20 @@ def _load_splits(
 
     assert config.data.manifest is not None
     entries = read_manifest(config.data.manifest)
-    split = split_works([e.work_id for e in entries], config.data.val_works, config.data.test_works,
-                        config.data.split_seed)  # fmt: skip
+    split = split_works(
+        [e.work_id for e in entries], config.data.val_works, config.data.test_works, config.data.split_seed
+    )
     train_entries = [e for e in entries if e.work_id in split.train]
     val_entries = [e for e in entries if e.work_id in split.val]
-    logger.info("manifest %s: %d files, %d works → train %d works / val %d / test %d (held out)",
-                config.data.manifest, len(entries), len(split.train) + len(split.val) + len(split.test),
-                len(split.train), len(split.val), len(split.test))  # fmt: skip
+    logger.info(
+        "manifest %s: %d files, %d works → train %d works / val %d / test %d (held out)",
+        config.data.manifest,
+        len(entries),
+        len(split.train) + len(split.val) + len(split.test),
+        len(split.train),
+        len(split.val),
+        len(split.test),
+    )
     cache = _cache_for(config, frontend)
 
     def load() -> list[FeatureSet]:
@@ -254,8 +262,11 @@ def _validate(backbone: nn.Module, val: FeatureSet, device: torch.device, max_fr
         return {}
     emb = embed_features(backbone, val.features, device, max_frames=max_frames)
     result = evaluate(emb, val.work_ids)
-    return {k: (float(v) if isinstance(v, int | float | np.floating | np.integer) else v)
-            for k, v in result.items() if not isinstance(v, np.ndarray)}  # fmt: skip
+    return {
+        k: (float(v) if isinstance(v, int | float | np.floating | np.integer) else v)
+        for k, v in result.items()
+        if not isinstance(v, np.ndarray)
+    }
 
 
 def train(
@@ -280,16 +291,22 @@ def _check_replicas(net: nn.Module, proc: Process) -> None:
         return
     with torch.no_grad():
         flat = torch.cat([p.detach().double().flatten().cpu() for p in net.parameters()])
-        mine = torch.stack([flat.sum(), (flat * flat).sum(), (flat * torch.arange(flat.numel(), dtype=flat.dtype)).sum()])
+        mine = torch.stack(
+            [flat.sum(), (flat * flat).sum(), (flat * torch.arange(flat.numel(), dtype=flat.dtype)).sum()]
+        )
     gathered = [torch.zeros_like(mine) for _ in range(proc.world)]
     dist.all_gather(gathered, mine)
     if any(not torch.equal(g, gathered[0]) for g in gathered):
-        raise RuntimeError(f"DDP replicas diverged: parameter checksums per rank {[g.tolist() for g in gathered]}")
+        raise RuntimeError(
+            f"DDP replicas diverged: parameter checksums per rank {[g.tolist() for g in gathered]}"
+        )
     if proc.main:
         logger.info("parameters identical on %d ranks (checksum %.6e)", proc.world, float(mine[0]))
 
 
-def _train(config: TrainConfig, resume: bool, progress: bool, proc: Process, stop_after: int | None) -> TrainResult:
+def _train(
+    config: TrainConfig, resume: bool, progress: bool, proc: Process, stop_after: int | None
+) -> TrainResult:
     device = resolve_device(config.device, proc.local_rank)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -299,7 +316,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, proc: Process, sto
 
     encoder = build_encoder(config.frontend, config.model)
     frontend = encoder.frontend
-    frame_rate = float(frontend.frame_rate)  # type: ignore[union-attr,arg-type]
+    frame_rate = float(frontend.frame_rate)
     if config.data.source != "manifest":
         raise NotImplementedError("data.source 'online' is handled by csi_training.online_training")
     train_set, val_set = _load_splits(config, frontend, proc, progress)
@@ -309,38 +326,54 @@ def _train(config: TrainConfig, resume: bool, progress: bool, proc: Process, sto
     if config.loss.ce_weight > 0:
         from csi_training.losses import ClassificationHead
 
-        head = ClassificationHead(config.model.embedding_dim, len(batches.labels),
-                                  label_smoothing=config.loss.label_smoothing)  # fmt: skip
+        head = ClassificationHead(
+            config.model.embedding_dim, len(batches.labels), label_smoothing=config.loss.label_smoothing
+        )
     from csi_training.losses import TripletLoss
 
     triplet = TripletLoss(margin=config.loss.margin, mining=config.loss.mining, metric=config.loss.distance)
     net = TrainNet(encoder.backbone, head).to(device)
     model: nn.Module = net
     if proc.world > 1:
-        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        model = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
     optimizer = _optimizer(config, net.parameters())
     steps_per_epoch = len(batches.sampler)
     total_steps = steps_per_epoch * config.optim.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: _lr_factor(s, total_steps, config.optim.warmup_steps, config.optim.schedule)
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and config.amp
-                                  and not torch.cuda.is_bf16_supported())  # fmt: skip
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
+    )
 
-    start_epoch, step, history, best_map = 0, 0, [], -1.0
+    start_epoch, step, best_map = 0, 0, -1.0
+    history: list[dict[str, Any]] = []
     if resume:
         start_epoch, step, history, best_map = _restore(last_dir, config, net, optimizer, scheduler, scaler)
         logger.info("resuming %s at epoch %d (step %d)", out_dir, start_epoch, step)
     elif proc.main and last_dir.exists():
-        raise FileExistsError(f"{out_dir} already holds a run; pass --resume to continue it or choose another out_dir")
+        raise FileExistsError(
+            f"{out_dir} already holds a run; pass --resume to continue it or choose another out_dir"
+        )
     eval_frames = max(8, round(config.data.eval_max_s * frame_rate))
-    info_base = {"train_works": len(batches.labels), "train_files": len(train_set),
-                 "val_works": len(set(val_set.work_ids)), "val_files": len(val_set),
-                 "skipped_files": len(train_set.skipped) + len(val_set.skipped), "world_size": proc.world}  # fmt: skip
+    info_base = {
+        "train_works": len(batches.labels),
+        "train_files": len(train_set),
+        "val_works": len(set(val_set.work_ids)),
+        "val_files": len(val_set),
+        "skipped_files": len(train_set.skipped) + len(val_set.skipped),
+        "world_size": proc.world,
+    }
     last_metrics: dict[str, Any] = history[-1] if history else {}
-    best_metrics: dict[str, Any] = max(history, key=lambda h: h.get("val", {}).get("MAP", -1)) if history else {}
+    best_metrics: dict[str, Any] = (
+        max(history, key=lambda h: h.get("val", {}).get("MAP", -1)) if history else {}
+    )
 
-    end_epoch = config.optim.epochs if stop_after is None else min(config.optim.epochs, start_epoch + stop_after)
+    end_epoch = (
+        config.optim.epochs if stop_after is None else min(config.optim.epochs, start_epoch + stop_after)
+    )
     for epoch in range(start_epoch, end_epoch):
         model.train()
         bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{config.optim.epochs}", progress and proc.main)
@@ -353,7 +386,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, proc: Process, sto
             trip, stats = triplet(emb.float(), labels)
             loss = trip + config.loss.ce_weight * ce.float()
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1} step {step}: triplet {trip}, ce {ce}")
+                raise FloatingPointError(
+                    f"non-finite loss at epoch {epoch + 1} step {step}: triplet {trip}, ce {ce}"
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -364,11 +399,18 @@ def _train(config: TrainConfig, resume: bool, progress: bool, proc: Process, sto
             step += 1
             n_samples += x.shape[0]
             active = float(stats.get("active_fraction", 0.0))
-            for k, v in (("loss", loss.item()), ("triplet", trip.item()), ("ce", float(ce)),
-                         ("ce_accuracy", ce_acc), ("active", active)):  # fmt: skip
+            for k, v in (
+                ("loss", loss.item()),
+                ("triplet", trip.item()),
+                ("ce", float(ce)),
+                ("ce_accuracy", ce_acc),
+                ("active", active),
+            ):
                 sums[k] += v
             bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}", active=f"{active:.2f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            bar.set_postfix(
+                loss=f"{loss.item():.4f}", active=f"{active:.2f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
+            )
         bar.close()
         elapsed = time.monotonic() - t0
         record: dict[str, Any] = {
@@ -384,23 +426,39 @@ def _train(config: TrainConfig, resume: bool, progress: bool, proc: Process, sto
                 record["val"] = _validate(net.backbone, val_set, device, eval_frames)
             history.append(record)
             val_map = record["val"].get("MAP", -1.0)
-            logger.info("epoch %d/%d: loss %.4f, active triplets %.2f, %.0f samples/s, val %s",
-                        epoch + 1, config.optim.epochs, record["train"]["loss"], record["train"]["active"],
-                        record["samples_per_s"], _fmt_metrics(record["val"]))  # fmt: skip
+            logger.info(
+                "epoch %d/%d: loss %.4f, active triplets %.2f, %.0f samples/s, val %s",
+                epoch + 1,
+                config.optim.epochs,
+                record["train"]["loss"],
+                record["train"]["active"],
+                record["samples_per_s"],
+                _fmt_metrics(record["val"]),
+            )
             _append_history(out_dir, record)
             info = {**info_base, "epoch": epoch + 1, "step": step}
-            state = {"epoch": epoch + 1, "step": step, "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                     "head": head.state_dict() if head is not None else {},
-                     "torch_rng": torch.get_rng_state(), "best_map": max(best_map, val_map)}  # fmt: skip
+            state = {
+                "epoch": epoch + 1,
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "head": head.state_dict() if head is not None else {},
+                "torch_rng": torch.get_rng_state(),
+                "best_map": max(best_map, val_map),
+            }
             metrics = {"current": record, "history": history}
             if val_map > best_map or not best_metrics:
                 best_map, best_metrics = val_map, record
                 save_checkpoint(best_dir, encoder, config, info, {**metrics, "best": record})
-            save_checkpoint(last_dir, encoder, config, info, {**metrics, "best": best_metrics}, train_state=state)
+            save_checkpoint(
+                last_dir, encoder, config, info, {**metrics, "best": best_metrics}, train_state=state
+            )
             last_metrics = record
         proc.barrier()
-    return TrainResult(out_dir=out_dir, best=best_metrics, last=last_metrics, epochs_run=end_epoch - start_epoch)
+    return TrainResult(
+        out_dir=out_dir, best=best_metrics, last=last_metrics, epochs_run=end_epoch - start_epoch
+    )
 
 
 def _fmt_metrics(m: dict[str, Any]) -> str:

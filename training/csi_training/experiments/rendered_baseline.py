@@ -34,7 +34,9 @@ logger = logging.getLogger("csi_training.experiments.rendered_baseline")
 METRIC_KEYS = ("MAP", "P@10", "MR1", "MRR", "Top1")
 
 
-def _split_manifests(corpus_manifest: Path, test_ids: set[str], test_versions: int, out: Path) -> tuple[Path, Path]:
+def _split_manifests(
+    corpus_manifest: Path, test_ids: set[str], test_versions: int, out: Path
+) -> tuple[Path, Path]:
     from csi_training.data import read_manifest, write_manifest
 
     entries = read_manifest(corpus_manifest)
@@ -51,8 +53,13 @@ def _split_manifests(corpus_manifest: Path, test_ids: set[str], test_versions: i
     train_manifest, test_manifest = out / "train_manifest.csv", out / "test_manifest.csv"
     write_manifest(train_manifest, train)
     write_manifest(test_manifest, test)
-    logger.info("train manifest: %d files of %d works; test manifest: %d files of %d works",
-                len(train), len(by_work) - len(test_ids & set(by_work)), len(test), len(test_ids & set(by_work)))  # fmt: skip
+    logger.info(
+        "train manifest: %d files of %d works; test manifest: %d files of %d works",
+        len(train),
+        len(by_work) - len(test_ids & set(by_work)),
+        len(test),
+        len(test_ids & set(by_work)),
+    )
     return train_manifest, test_manifest
 
 
@@ -79,8 +86,16 @@ def _render(args: argparse.Namespace, works: list[Any], corpus_dir: Path) -> Pat
         bar.n = done
         bar.refresh()
 
-    result = render_corpus(corpus_dir, works, args.versions, renderer=args.renderer, seed=args.seed,
-                           workers=args.workers, progress=progress, max_duration_s=args.max_duration_s)  # fmt: skip
+    result = render_corpus(
+        corpus_dir,
+        works,
+        args.versions,
+        renderer=args.renderer,
+        seed=args.seed,
+        workers=args.workers,
+        progress=progress,
+        max_duration_s=args.max_duration_s,
+    )
     bar.close()
     return Path(result)
 
@@ -108,13 +123,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     logger.info("%d works: %d held out for test", len(works), len(split.test))
 
     corpus_manifest = _render(args, works, work_dir / "corpus")
-    train_manifest, test_manifest = _split_manifests(corpus_manifest, set(split.test), args.test_versions, work_dir)
+    train_manifest, test_manifest = _split_manifests(
+        corpus_manifest, set(split.test), args.test_versions, work_dir
+    )
     if args.stop_after == "render":
         return {"rows": []}
 
     model_dir = work_dir / "model"
-    config = load_config(args.config, {"data.manifest": str(train_manifest), "out_dir": str(model_dir),
-                                       "data.cache_dir": str(work_dir / "features")})  # fmt: skip
+    config = load_config(
+        args.config,
+        {
+            "data.manifest": str(train_manifest),
+            "out_dir": str(model_dir),
+            "data.cache_dir": str(work_dir / "features"),
+        },
+    )
     done = (model_dir / "last" / "config.json").exists() and json.loads(
         (model_dir / "last" / "config.json").read_text()
     ).get("epoch") == config.optim.epochs
@@ -122,10 +145,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         train(config, resume=(model_dir / "last").exists(), progress=True)
     training_info = json.loads((model_dir / "best" / "config.json").read_text())
 
-    emb, work_ids, version_ids, info = embed_manifest(model_dir / "best", test_manifest, device=args.device,
-                                                      cache_dir=work_dir / "features")  # fmt: skip
-    rows = [_metrics_row("csi MOVE-style CQTNet (ours)", evaluate(emb, work_ids), len(work_ids),
-                         f"{config.model.width}, {config.model.embedding_dim}-d")]  # fmt: skip
+    emb, work_ids, _, info = embed_manifest(
+        model_dir / "best", test_manifest, device=args.device, cache_dir=work_dir / "features"
+    )
+    rows = [
+        _metrics_row(
+            "csi MOVE-style CQTNet (ours)",
+            evaluate(emb, work_ids),
+            len(work_ids),
+            f"{config.model.width}, {config.model.embedding_dim}-d",
+        )
+    ]
 
     # classical baselines on the same test tracks
     from csi_training.baselines.chroma_features import chroma_for_files
@@ -144,21 +174,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.monotonic()
         chroma = chroma_for_files([e.path for e in test_entries], workers=args.workers)
         keep = [i for i, t in enumerate(chroma.tracks) if t is not None]
-        beat_chroma = [chroma.tracks[i].beat_chroma for i in keep]  # type: ignore[union-attr]
-        hpcps = [chroma.tracks[i].hpcp for i in keep]  # type: ignore[union-attr]
-        np.savez(chroma_file, n=len(keep), keep=np.array(keep),
-                 **{f"beat{i}": c for i, c in enumerate(beat_chroma)}, **{f"hpcp{i}": h for i, h in enumerate(hpcps)})  # fmt: skip
+        beat_chroma = [chroma.tracks[i].beat_chroma for i in keep]
+        hpcps = [chroma.tracks[i].hpcp for i in keep]
+        np.savez(
+            chroma_file,
+            n=len(keep),
+            keep=np.array(keep),
+            **{f"beat{i}": c for i, c in enumerate(beat_chroma)},
+            **{f"hpcp{i}": h for i, h in enumerate(hpcps)},
+        )
         logger.info("HPCP chroma of %d test tracks in %.0f s", len(keep), time.monotonic() - t0)
     works_kept = [test_entries[i].work_id for i in keep]
     ftm = FTM2D().fit(beat_chroma)
     vecs = ftm.transform(beat_chroma)
-    rows.append(_metrics_row("2D Fourier-transform magnitude (Bertin-Mahieux & Ellis 2012)",
-                             evaluate_distances(euclidean_distances(vecs), works_kept), len(works_kept),
-                             "beat-synchronous HPCP, 75-beat patches, median"))  # fmt: skip
+    rows.append(
+        _metrics_row(
+            "2D Fourier-transform magnitude (Bertin-Mahieux & Ellis 2012)",
+            evaluate_distances(euclidean_distances(vecs), works_kept),
+            len(works_kept),
+            "beat-synchronous HPCP, 75-beat patches, median",
+        )
+    )
 
     rng = np.random.default_rng(args.seed)
-    subset_works = sorted(rng.choice(sorted(set(works_kept)), size=min(args.qmax_works, len(set(works_kept))),
-                                     replace=False))  # fmt: skip
+    subset_works = sorted(
+        rng.choice(sorted(set(works_kept)), size=min(args.qmax_works, len(set(works_kept))), replace=False)
+    )
     sub = [i for i, w in enumerate(works_kept) if w in set(subset_works)]
     qmax_file = work_dir / f"qmax_{len(sub)}.npy"
     if qmax_file.exists():
@@ -169,21 +210,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         np.save(qmax_file, dq)
         logger.info("Qmax on %d tracks (%d pairs) in %.0f s", len(sub), len(sub) ** 2, time.monotonic() - t0)
     sub_works = [works_kept[i] for i in sub]
-    rows.append(_metrics_row("essentia Qmax (Serra et al. 2009)", evaluate_distances(dq, sub_works), len(sub),
-                             f"subset: {len(subset_works)} test works"))  # fmt: skip
+    rows.append(
+        _metrics_row(
+            "essentia Qmax (Serra et al. 2009)",
+            evaluate_distances(dq, sub_works),
+            len(sub),
+            f"subset: {len(subset_works)} test works",
+        )
+    )
     row_of_path = {p: n for n, p in enumerate(info["paths"])}
-    ours_sub = [row_of_path[str(test_entries[keep[i]].path)] for i in sub
-                if str(test_entries[keep[i]].path) in row_of_path]  # fmt: skip
-    rows.append(_metrics_row("csi MOVE-style CQTNet (ours), same subset",
-                             evaluate(emb[ours_sub], [work_ids[i] for i in ours_sub]), len(ours_sub),
-                             f"subset: {len(subset_works)} test works"))  # fmt: skip
+    ours_sub = [
+        row_of_path[str(test_entries[keep[i]].path)]
+        for i in sub
+        if str(test_entries[keep[i]].path) in row_of_path
+    ]
+    rows.append(
+        _metrics_row(
+            "csi MOVE-style CQTNet (ours), same subset",
+            evaluate(emb[ours_sub], [work_ids[i] for i in ours_sub]),
+            len(ours_sub),
+            f"subset: {len(subset_works)} test works",
+        )
+    )
 
     result = {
         "rows": rows,
         "test_works": len(set(work_ids)),
         "test_files": len(work_ids),
         "skipped_test_files": info["skipped"],
-        "train": {k: training_info.get(k) for k in ("train_works", "train_files", "val_works", "epoch", "step")},
+        "train": {
+            k: training_info.get(k) for k in ("train_works", "train_files", "val_works", "epoch", "step")
+        },
         "config": str(args.config),
         "renderer": args.renderer,
         "versions": args.versions,
@@ -198,7 +255,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _write_report(path: Path, result: dict[str, Any], args: argparse.Namespace) -> None:
     lines = [
         "<!-- written by python -m csi_training.experiments.rendered_baseline -->",
-        f"Test: {result['test_works']} unseen works × {args.test_versions} versions ({result['test_files']} tracks), "
+        f"Test: {result['test_works']} unseen works × {args.test_versions} versions "
+        f"({result['test_files']} tracks), "
         f"leave-one-out. Training: {result['train']['train_works']} works × {args.versions} versions "
         f"(renderer: {args.renderer}), config `{args.config}`.",
         "",
@@ -206,8 +264,10 @@ def _write_report(path: Path, result: dict[str, Any], args: argparse.Namespace) 
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
-        lines.append(f"| {r['system']} | {r['items']} | {r.get('MAP', 0):.3f} | {r.get('P@10', 0):.3f} | "
-                     f"{r.get('MR1', 0):.2f} | {r.get('MRR', 0):.3f} | {r.get('Top1', 0):.3f} | {r['note']} |")  # fmt: skip
+        lines.append(
+            f"| {r['system']} | {r['items']} | {r.get('MAP', 0):.3f} | {r.get('P@10', 0):.3f} | "
+            f"{r.get('MR1', 0):.2f} | {r.get('MRR', 0):.3f} | {r.get('Top1', 0):.3f} | {r['note']} |"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 
@@ -223,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-versions", type=int, default=4)
     p.add_argument("--qmax-works", type=int, default=50)
     p.add_argument("--renderer", default="synth", choices=["synth", "fluidsynth"])
-    p.add_argument("--max-duration-s", type=float, default=None, help="cut each rendered version to this length")
+    p.add_argument(
+        "--max-duration-s", type=float, default=None, help="cut each rendered version to this length"
+    )
     p.add_argument("--rerender", action="store_true")
     p.add_argument("--stop-after", choices=["render"], default=None, help="stop after this step")
     p.add_argument("--workers", type=int, default=2)
@@ -234,7 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     result = run(args)
     for r in result["rows"]:
-        print(f"{r['system']:<60} MAP {r.get('MAP', 0):.3f}  P@10 {r.get('P@10', 0):.3f}  MR1 {r.get('MR1', 0):.2f}")
+        print(
+            f"{r['system']:<60} MAP {r.get('MAP', 0):.3f}  "
+            f"P@10 {r.get('P@10', 0):.3f}  MR1 {r.get('MR1', 0):.2f}"
+        )
     return 0
 
 

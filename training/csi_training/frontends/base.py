@@ -86,6 +86,7 @@ class Frontend(nn.Module):
     n_features, frame_rate (frames per second of the output), min_samples (shortest valid input).
     """
 
+    config: Any  # the frozen config dataclass (CQTConfig, MelConfig, ChromaConfig): to_dict() pins it
     n_features: int
     frame_rate: float
     sample_rate: int

@@ -50,7 +50,7 @@ class GeM(nn.Module):
 
 
 class CQTNet(nn.Module):
-    """features [B, n_bins, T] (non-negative, e.g. log1p CQT) → embeddings [B, embedding_dim], unit L2 norm."""
+    """features [B, n_bins, T] (non-negative, e.g. log1p CQT) → unit-norm embeddings [B, embedding_dim]."""
 
     def __init__(
         self,
@@ -71,7 +71,9 @@ class CQTNet(nn.Module):
         for c_full, k_freq, dilation, pool in _FULL_LAYERS:
             c_out = max(4, c_full // WIDTH_DIVISOR[width])
             layers += [
-                nn.Conv2d(c_in, c_out, (k_freq, 3), dilation=(1, dilation), padding=(0, dilation), bias=False),
+                nn.Conv2d(
+                    c_in, c_out, (k_freq, 3), dilation=(1, dilation), padding=(0, dilation), bias=False
+                ),
                 nn.BatchNorm2d(c_out),
                 nn.ReLU(inplace=True),
             ]
@@ -104,7 +106,9 @@ class CQTNet(nn.Module):
         return F.normalize(self.forward_unnormalized(features), dim=-1)
 
 
-def build_backbone(name: str, n_bins: int, embedding_dim: int, width: str, pooling: str, dropout: float) -> CQTNet:
+def build_backbone(
+    name: str, n_bins: int, embedding_dim: int, width: str, pooling: str, dropout: float
+) -> CQTNet:
     if name != "cqtnet":
         raise ValueError(f"unknown backbone {name!r} (available: cqtnet)")
     return CQTNet(n_bins=n_bins, embedding_dim=embedding_dim, width=width, pooling=pooling, dropout=dropout)

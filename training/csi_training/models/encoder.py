@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from csi_training.config import ModelConfig
+from csi_training.frontends import Frontend
 from csi_training.models.cqtnet import CQTNet, build_backbone
 
 __all__ = ["Encoder", "build_encoder"]
@@ -20,14 +21,14 @@ __all__ = ["Encoder", "build_encoder"]
 class Encoder(nn.Module):
     """waveform float32 [B, n_samples] at ``sample_rate`` → embeddings [B, D] (unit L2 norm)."""
 
-    def __init__(self, frontend: nn.Module, backbone: CQTNet) -> None:
+    def __init__(self, frontend: Frontend, backbone: CQTNet) -> None:
         super().__init__()
         self.frontend = frontend
         self.backbone = backbone
 
     @property
     def sample_rate(self) -> int:
-        return int(self.frontend.config.sample_rate)  # type: ignore[union-attr]
+        return int(self.frontend.sample_rate)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.frontend(waveform))

@@ -269,3 +269,28 @@ def test_torchrun_ddp_on_cpu_gloo(corpus: Path, tmp_path: Path) -> None:
     assert "parameters identical on 2 ranks" in run.stderr
     header = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
     assert header["world_size"] == 2 and header["epoch"] == 2
+
+
+def test_online_synthesis_source(tmp_path: Path) -> None:
+    """data.source = online: versions synthesised in the training loop from note events only."""
+    from csi_training.render.notes import extract_works, save_note_corpus
+
+    works = extract_works(limit=10, sources=["essenFolksong/altdeu10.abc"])
+    notes = tmp_path / "notes.npz"
+    save_note_corpus(notes, works)
+    cfg = tiny_config(tmp_path / "unused.csv", tmp_path / "run", optim__epochs=2, optim__steps_per_epoch=2)
+    cfg["data"] = {
+        "source": "online",
+        "notes": str(notes),
+        "val_works": 3,
+        "clip_s": 4.0,
+        "eval_max_s": 8.0,
+        "works_per_batch": 3,
+        "versions_per_work": 2,
+        "online_versions_per_work": 3,
+    }
+    result = train(config_from_dict(cfg), progress=False)
+    assert result.epochs_run == 2
+    header = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
+    assert header["train_works"] == 7 and header["val_works"] == 3 and header["val_files"] == 6
+    assert 0 <= result.best["val"]["MAP"] <= 1

@@ -11,6 +11,7 @@ CPUs), trains on its own slice of every global batch, and rank 0 validates and w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -234,6 +235,110 @@ class _Batches:
             yield xt, torch.from_numpy(self.item_labels[items])
 
 
+VALIDATION_EPOCH = 1_000_000  # online validation versions: an epoch training never reaches
+
+
+class _OnlineBatches:
+    """Training batches synthesised on the fly from note events (``data.source = "online"``).
+
+    Each work has ``online_versions_per_work`` virtual items per epoch; what version v of work w
+    sounds like depends on (seed, work, v, epoch), so every epoch brings new versions. Waveform
+    clips are rendered by DataLoader workers (``data.num_workers``), turned into features by the
+    frontend on the training device, then pitch-rolled and masked like cached features (tempo
+    already varies in the synthesis, so crops are not stretched).
+    """
+
+    def __init__(
+        self, config: TrainConfig, works: list[Any], frontend: Frontend, device: torch.device, proc: Process
+    ) -> None:
+        from csi_training.render.online import OnlineVersions
+
+        self.config = config
+        self.labels = {w.work_id: i for i, w in enumerate(works)}
+        v = config.data.online_versions_per_work
+        self.dataset = OnlineVersions(
+            works,
+            sample_rate=frontend.sample_rate,
+            clip_s=config.data.clip_s,
+            seed=config.seed,
+            versions_per_work=v,
+        )
+        self.sampler = CliqueBatchSampler(
+            {i: list(range(i * v, (i + 1) * v)) for i in range(len(works))},
+            config.data.works_per_batch,
+            config.data.versions_per_work,
+            seed=config.seed,
+            rank=proc.rank,
+            world_size=proc.world,
+            steps_per_epoch=config.optim.steps_per_epoch,
+        )
+        self.frontend = frontend.to(device)
+        self.device = device
+        self.augment = FeatureAugment(dataclasses.replace(config.augment, stretch_p=0.0))
+        self.rank = proc.rank
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=self.sampler, num_workers=self.config.data.num_workers
+        )
+        for step, (waves, work_index) in enumerate(loader):
+            rng = np.random.default_rng([self.config.seed, epoch, step, self.rank, 2])
+            with torch.no_grad():
+                feats = self.frontend(waves.to(self.device)).float()
+            yield self.augment(feats, rng), work_index
+
+
+def _online_data(
+    config: TrainConfig, frontend: Frontend, device: torch.device, proc: Process, progress: bool
+) -> tuple[_OnlineBatches, FeatureSet]:
+    """Training batches and validation features (fixed versions) from a note-event corpus."""
+    from csi_training.render.notes import load_note_corpus
+    from csi_training.render.online import OnlineVersions
+
+    assert config.data.notes is not None
+    works = load_note_corpus(config.data.notes)
+    split = split_works(
+        [w.work_id for w in works], config.data.val_works, config.data.test_works, config.data.split_seed
+    )
+    train_works = [w for w in works if w.work_id in split.train]
+    val_works = [w for w in works if w.work_id in split.val]
+    logger.info(
+        "note corpus %s: %d works → train %d / val %d / test %d (held out)",
+        config.data.notes,
+        len(works),
+        len(train_works),
+        len(val_works),
+        len(split.test),
+    )
+    batches = _OnlineBatches(config, train_works, frontend, device, proc)
+    val = FeatureSet()
+    if val_works:
+        # validation versions are fixed (one far-away epoch of a differently seeded dataset)
+        fixed = OnlineVersions(
+            val_works,
+            sample_rate=frontend.sample_rate,
+            clip_s=None,
+            seed=config.seed + 7919,
+            versions_per_work=config.data.versions_per_work,
+            max_duration_s=config.data.eval_max_s,
+        )
+        bar = _progress(len(fixed), "validation versions", enabled=progress and proc.main)
+        for i in range(len(fixed) if proc.main else 0):
+            wave, w = fixed[(i // fixed.versions_per_work, i % fixed.versions_per_work, VALIDATION_EPOCH)]
+            with torch.no_grad():
+                feats = frontend.cpu()(wave.unsqueeze(0))[0].numpy()
+            val.features.append(feats.astype(np.float16))
+            val.work_ids.append(val_works[w].work_id)
+            val.version_ids.append(f"v{i % fixed.versions_per_work}")
+            val.paths.append(f"{val_works[w].work_id}#v{i % fixed.versions_per_work}")
+            bar.update()
+        bar.close()
+        frontend.to(device)
+    return batches, val
+
+
 # -- the loop ------------------------------------------------------------------------------------
 
 
@@ -317,10 +422,13 @@ def _train(
     encoder = build_encoder(config.frontend, config.model)
     frontend = encoder.frontend
     frame_rate = float(frontend.frame_rate)
-    if config.data.source != "manifest":
-        raise NotImplementedError("data.source 'online' is handled by csi_training.online_training")
-    train_set, val_set = _load_splits(config, frontend, proc, progress)
-    batches = _Batches(config, train_set, frame_rate, proc)
+    batches: _Batches | _OnlineBatches
+    if config.data.source == "online":
+        batches, val_set = _online_data(config, frontend, device, proc, progress)
+        train_set = FeatureSet()
+    else:
+        train_set, val_set = _load_splits(config, frontend, proc, progress)
+        batches = _Batches(config, train_set, frame_rate, proc)
 
     head: nn.Module | None = None
     if config.loss.ce_weight > 0:

@@ -31,6 +31,7 @@ the positions directly (see :func:`_positions`). Cost: ``O(Q * N * D)`` for the 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
@@ -117,6 +118,7 @@ def evaluate(
     query_items = _select(queries, n_items, "queries")
     ref_items = np.sort(_select(refs, n_items, "refs"))
 
+    started = time.perf_counter()
     scorer = _make_scorer(x[ref_items], metric, device)
     per_query, n_relevant = _rank_queries(
         x, codes, query_items, ref_items, scorer, exclude_self, ties, batch, k
@@ -143,6 +145,14 @@ def evaluate(
     }
     if return_per_query:
         result["per_query"] = {"index": query_items, "n_relevant": n_relevant, **per_query}
+    logger.debug(
+        "ranked %d queries against %d references (%s, %s ties) in %.2f s",
+        len(query_items),
+        len(ref_items),
+        metric,
+        ties,
+        time.perf_counter() - started,
+    )
     return result
 
 

@@ -31,6 +31,7 @@ the positions directly (see :func:`_positions`). Cost: ``O(Q * N * D)`` for the 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
@@ -49,6 +50,8 @@ TIES: tuple[str, ...] = ("pessimistic", "index")
 
 # Memory for one block of float32 scores, and separately for one comparison temporary (bytes).
 BLOCK_BYTES = 64 * 2**20
+# Scores re-read once per relevant item are taken in sub-blocks of this size (about an L2 cache).
+CACHE_BYTES = 2**20
 # Largest |score| allowed: keeps float32 scores and their sums far from overflow.
 MAX_SCORE = 1e30
 
@@ -115,6 +118,7 @@ def evaluate(
     query_items = _select(queries, n_items, "queries")
     ref_items = np.sort(_select(refs, n_items, "refs"))
 
+    started = time.perf_counter()
     scorer = _make_scorer(x[ref_items], metric, device)
     per_query, n_relevant = _rank_queries(
         x, codes, query_items, ref_items, scorer, exclude_self, ties, batch, k
@@ -141,6 +145,14 @@ def evaluate(
     }
     if return_per_query:
         result["per_query"] = {"index": query_items, "n_relevant": n_relevant, **per_query}
+    logger.debug(
+        "ranked %d queries against %d references (%s, %s ties) in %.2f s",
+        len(query_items),
+        len(ref_items),
+        metric,
+        ties,
+        time.perf_counter() - started,
+    )
     return result
 
 
@@ -368,14 +380,32 @@ class _MatrixScorer(_NumpyScorer):
 
 
 def _count_numpy(s: np.ndarray, thresholds: np.ndarray, op: np.ufunc) -> np.ndarray:
-    """``out[i, j] = #{c: op(s[i, c], thresholds[i, j])}``, in chunks of bounded memory."""
+    """``out[i, j] = #{c: op(s[i, c], thresholds[i, j])}`` (``+inf`` thresholds count 0).
+
+    Rows are taken in sub-blocks of about ``CACHE_BYTES`` so that every threshold re-reads them
+    from cache; flags are counted as packed bits (faster than a boolean sum)."""
     b, n = s.shape
     m = thresholds.shape[1]
-    out = np.empty((b, m), dtype=np.int64)
-    step = max(1, BLOCK_BYTES // max(1, b * n))
-    for j in range(0, m, step):
-        out[:, j : j + step] = np.count_nonzero(op(s[:, None, :], thresholds[:, j : j + step, None]), axis=2)
+    out = np.zeros((b, m), dtype=np.int64)
+    rows = max(1, CACHE_BYTES // (4 * n))
+    flags = np.empty((min(rows, b), n), dtype=np.bool_)
+    for start in range(0, b, rows):
+        sub = s[start : start + rows]
+        sub_flags = flags[: len(sub)]
+        for j in range(m):
+            t = thresholds[start : start + rows, j : j + 1]
+            if np.isposinf(t).all():  # padding only
+                continue
+            op(sub, t, out=sub_flags)
+            out[start : start + rows, j] = _count_true(sub_flags)
     return out
+
+
+def _count_true(flags: np.ndarray) -> np.ndarray:
+    """True entries per row of a boolean ``[b, n]`` array."""
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+        return np.bitwise_count(np.packbits(flags, axis=1)).sum(axis=1, dtype=np.int64)
+    return np.count_nonzero(flags, axis=1)
 
 
 class _TorchScorer:

@@ -258,7 +258,8 @@ class TripletLoss(nn.Module):
     triplets (a zero that still depends on ``emb`` when there is none); ``stats`` holds python
     numbers: ``n_triplets``, ``active_fraction`` (triplets with ``d(a, p) - d(a, n) + margin > 0``),
     ``accuracy`` (triplets with ``d(a, p) < d(a, n)``), ``d_pos`` and ``d_neg`` (means; NaN when
-    there is no triplet).
+    there is no triplet). Reading the stats synchronises with the device once per call.
+    ``from_distances(dist [B, B], labels)`` does the same from a precomputed distance matrix.
     """
 
     def __init__(

@@ -8,5 +8,5 @@ Subpackages (each module has one job):
 - ``models``: backbones (CQTNet-style).
 - ``losses``: triplet loss with online mining, classification head.
 - ``baselines``: classical CSI baselines (2D Fourier-magnitude, essentia Qmax).
-- ``metrics``: MAP, P@10, MR1, MRR (leave-one-out, ranked with csi_runtime.topk).
+- ``metrics``: MAP, P@10, MR1, MRR, Top-k (leave-one-out, exact full rankings in float32 blocks).
 """

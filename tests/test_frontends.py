@@ -7,14 +7,16 @@ Tolerances were set after measuring (worst case over 3-12 seeds per signal, leng
 with a margin:
 - CQT vs the float64 definition: relative Frobenius error < 1e-4 (measured <= 3e-5: the multi-rate
   decimation and float32).
-- CQT vs librosa.cqt(scale=True, sparsity=0, res_type="soxr_hq", tuning=0): relative Frobenius
-  error < 4% over all frames (measured <= 2.9%, typically 1-1.5%); median |dB error| < 0.4 dB over
-  bins within 60 dB of the maximum (measured <= 0.27); max |dB error| over bins within 20 dB of the
-  maximum < 2.5 dB for chirps and chords (measured <= 1.2), < 6 dB for noise and mixtures (measured
-  <= 4.7: Rayleigh nulls). A max over all bins within 60 dB is not a usable bound: noise has nulls
-  where two filters 1-2% apart give arbitrarily different dB (measured up to 30 dB). The 1-2% is
-  librosa's discretisation (filters built per octave at the decimated rate, lengths rounded, window
-  half a sample off centre), not its scaling: on a bin-centre sinusoid both give A/2 sqrt(L_k).
+- CQT vs librosa.cqt(scale=True, sparsity=0, res_type="soxr_hq", tuning=0), over 300 random
+  signals: on cells whose filter lies inside the signal, relative Frobenius error < 3% (measured
+  <= 1.9%, typically 1-1.5%), median |dB error| < 0.4 dB over cells within 60 dB of the maximum
+  (measured <= 0.27) and max |dB error| < 3 dB over cells within 20 dB of it (measured <= 1.8);
+  over all cells, edges included, < 7% (measured <= 4.4%, on 0.5 s pink noise: librosa resamples
+  with soxr, whose edge transients reach the lowest octaves). A max over all cells within 60 dB
+  is not a usable bound: noise has Rayleigh nulls where two filters 1-2% apart give arbitrarily
+  different dB (measured up to 30 dB). The 1-2% is librosa's discretisation (filters built per
+  octave at the decimated rate, lengths rounded, window half a sample off centre), not its
+  scaling: on a bin-centre sinusoid both give A/2 sqrt(L_k) within 2e-4.
 - LogMel vs librosa.feature.melspectrogram (float64 input): relative Frobenius error < 2e-5
   (measured 5e-7); dB < 1e-3 dB from librosa.power_to_db (measured 1.1e-4); filterbank within
   1e-6 (of its maximum) of librosa.filters.mel.
@@ -56,6 +58,9 @@ from csi_training.frontends.kernels import (
 )
 
 librosa = pytest.importorskip("librosa", reason="librosa is the independent reference (dev extra)")
+
+# librosa's own multi-rate CQT warns when a short input is shorter than a decimated octave's FFT
+pytestmark = pytest.mark.filterwarnings("ignore:n_fft=.* is too large for input signal:UserWarning")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -456,16 +461,22 @@ def test_cqt_without_center_matches_definition_and_frame_count(rng: np.random.Ge
         np.testing.assert_allclose(ours, centred[:, start : start + ours.shape[1]], rtol=1e-4, atol=1e-6)
 
 
-NOISY_SIGNALS = ("white_noise", "pink_noise", "mixture")
+def interior_cells(cfg: CQTConfig, n: int, n_frames: int) -> np.ndarray:
+    """[n_bins, n_frames] mask of the cells whose filter lies entirely inside the n input samples."""
+    b = cfg.bins_per_octave
+    alpha = (2 ** (2 / b) - 1) / (2 ** (2 / b) + 1)
+    lengths = cfg.filter_scale / alpha * cfg.sample_rate / (cfg.fmin * 2.0 ** (np.arange(cfg.n_bins) / b))
+    centres = np.arange(n_frames) * cfg.hop_length
+    return (centres[None, :] >= lengths[:, None] / 2) & (centres[None, :] + lengths[:, None] / 2 <= n)
 
 
 @pytest.mark.parametrize("signal_name", list(SIGNALS))
 def test_cqt_matches_librosa(signal_name: str, rng: np.random.Generator) -> None:
-    """At 0.5 s, 3 s and 11.3 s (plus a non-multiple of the hop), 12 or 24 bins per octave: CQT
-    magnitude within 4% relative Frobenius error of librosa.cqt(scale=True, sparsity=0,
-    res_type="soxr_hq", tuning=0) over all frames, median dB error < 0.4 dB over bins within 60 dB
-    of the max, max dB error < 2.5 dB (6 dB for noise: Rayleigh nulls) over bins within 20 dB of the
-    max; same frame count."""
+    """At 0.5 s, 3 s and 11.3 s (plus a non-multiple of the hop), 12 or 24 bins per octave, against
+    librosa.cqt(scale=True, sparsity=0, res_type="soxr_hq", tuning=0): same frame count; on the
+    cells whose filter lies inside the signal, magnitude within 3% relative Frobenius error, median
+    dB error < 0.4 dB over cells within 60 dB of the max and max dB error < 3 dB over cells within
+    20 dB of it; over all cells (edges included), within 7% relative Frobenius error."""
     for duration_s in DURATIONS_S:
         if rng.random() < 0.5:
             cfg = CQTConfig(log="none")
@@ -475,17 +486,16 @@ def test_cqt_matches_librosa(signal_name: str, rng: np.random.Generator) -> None
         y = SIGNALS[signal_name](n, rng).astype(np.float32)
         ours = run(CQT(cfg), y)
         theirs = librosa_cqt(y, cfg)
+        where = (duration_s, cfg.bins_per_octave)
         assert ours.shape == theirs.shape == (cfg.n_bins, n // cfg.hop_length + 1)
-        assert relative_error(ours, theirs) < 0.04, (duration_s, cfg.bins_per_octave)
+        assert relative_error(ours, theirs) < 0.07, where
+        inside = interior_cells(cfg, n, ours.shape[1])
+        assert relative_error(ours[inside], theirs[inside]) < 0.03, where
         ours_db = 20 * np.log10(np.maximum(ours, 1e-10))
         theirs_db = 20 * np.log10(np.maximum(theirs, 1e-10))
         error_db = np.abs(ours_db - theirs_db)
-        assert np.median(error_db[theirs_db > theirs_db.max() - 60]) < 0.4, (duration_s, cfg.bins_per_octave)
-        loud = theirs_db > theirs_db.max() - 20
-        assert np.max(error_db[loud]) < (6.0 if signal_name in NOISY_SIGNALS else 2.5), (
-            duration_s,
-            cfg.bins_per_octave,
-        )
+        assert np.median(error_db[inside & (theirs_db > theirs_db.max() - 60)]) < 0.4, where
+        assert np.max(error_db[inside & (theirs_db > theirs_db.max() - 20)]) < 3.0, where
 
 
 @pytest.mark.parametrize("hop_length", [320, 368, 640, 512])

@@ -53,7 +53,7 @@ def _default_frontend() -> dict[str, Any]:
         "kind": "cqt",
         "sample_rate": 16000,
         "hop_length": 640,
-        "fmin": 32.70,
+        "fmin": 32.703,
         "n_bins": 84,
         "bins_per_octave": 12,
         "pool": 5,

@@ -8,9 +8,12 @@ returned skip list) and left out — a long run never dies or trains on garbage 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,29 +65,53 @@ def load_manifest_features(
     cache: FeatureCache | None,
     max_s: float,
     progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> FeatureSet:
-    """Features of every usable entry (``entry.path``, ``entry.work_id``, ``entry.version_id``)."""
+    """Features of every usable entry (``entry.path``, ``entry.work_id``, ``entry.version_id``).
+
+    ``workers``: files processed in parallel (default: the CPUs this process may use).
+    """
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     from csi_training.data import AudioError
 
     sample_rate = int(frontend.sample_rate)
     out = FeatureSet()
-    for entry in entries:
+
+    def one(entry: Any) -> tuple[Any, np.ndarray | None, str | None]:
         path = str(entry.path)
         try:
             if cache is None:
-                feats = _features_of(path, frontend, sample_rate, max_s)
-            else:
-                feats = cache.get_or_compute(path, partial(_features_of, path, frontend, sample_rate, max_s))
+                return entry, _features_of(path, frontend, sample_rate, max_s), None
+            return (
+                entry,
+                cache.get_or_compute(path, partial(_features_of, path, frontend, sample_rate, max_s)),
+                None,
+            )
         except (AudioError, OSError, ValueError) as exc:
-            logger.warning("skipping %s: %s", path, exc)
-            out.skipped.append((path, str(exc)))
-        else:
-            out.features.append(np.asarray(feats, dtype=np.float16))
-            out.work_ids.append(str(entry.work_id))
-            out.version_ids.append(str(entry.version_id))
-            out.paths.append(path)
-        if progress is not None:
-            progress(1)
+            return entry, None, str(exc)
+
+    # Files in parallel threads (decoding and the convolutions release the GIL), each frontend call
+    # on one intra-op thread: small convolutions on several OpenMP threads thrash when the cores
+    # are shared (measured 0.3-0.8 s instead of ~5 ms per 30 s track on a loaded 2-core machine).
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for entry, feats, error in pool.map(one, entries):
+                if error is not None:
+                    logger.warning("skipping %s: %s", entry.path, error)
+                    out.skipped.append((str(entry.path), error))
+                else:
+                    assert feats is not None
+                    out.features.append(np.asarray(feats, dtype=np.float16))
+                    out.work_ids.append(str(entry.work_id))
+                    out.version_ids.append(str(entry.version_id))
+                    out.paths.append(str(entry.path))
+                if progress is not None:
+                    progress(1)
+    finally:
+        torch.set_num_threads(previous_threads)
     if out.skipped:
         logger.warning(
             "%d of %d files were skipped (unreadable, empty, silent or non-finite)",

@@ -12,7 +12,7 @@ import torch
 
 from csi_training.checkpoint import load_checkpoint
 from csi_training.datasets import embed_features, load_manifest_features
-from csi_training.trainer import autocast, resolve_device
+from csi_training.distributed import autocast, resolve_device
 
 logger = logging.getLogger(__name__)
 

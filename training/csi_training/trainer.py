@@ -10,14 +10,11 @@ CPUs), trains on its own slice of every global batch, and rank 0 validates and w
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,17 +24,22 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from csi_training.augment import FeatureAugment, crop
-from csi_training.batching import CliqueBatchSampler, split_works
 from csi_training.checkpoint import check_resumable, read_header, save_checkpoint
 from csi_training.config import TrainConfig
 from csi_training.datasets import FeatureSet, embed_features
-from csi_training.frontends import Frontend
+from csi_training.distributed import Process, autocast, cpu_supports_bf16, init_process, resolve_device
 from csi_training.models.encoder import build_encoder
+from csi_training.training_data import (
+    FeatureBatches,
+    OnlineBatches,
+    load_manifest_data,
+    load_online_data,
+    progress_bar,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "autocast", "resolve_device", "train"]
+__all__ = ["TrainResult", "autocast", "cpu_supports_bf16", "resolve_device", "train"]
 
 
 @dataclass
@@ -46,64 +48,6 @@ class TrainResult:
     best: dict[str, Any]
     last: dict[str, Any]
     epochs_run: int
-
-
-# -- devices, precision, processes ------------------------------------------------------------------
-
-
-def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {spec!r} requested but torch sees no CUDA GPU")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
-    return device
-
-
-def cpu_supports_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    """Mixed precision where it is fast: bf16 on CUDA (fp16 before Ampere) and on CPUs with bf16 units."""
-    if not enabled:
-        return contextlib.nullcontext()
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    if device.type == "cpu" and cpu_supports_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@dataclass(frozen=True)
-class Process:
-    rank: int
-    world: int
-    local_rank: int
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-def _init_process(device_spec: str) -> Process:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        use_nccl = device_spec != "cpu" and torch.cuda.is_available()
-        dist.init_process_group(backend="nccl" if use_nccl else "gloo")
-    return Process(rank=rank, world=world, local_rank=local_rank)
 
 
 # -- the model trained -------------------------------------------------------------------------
@@ -125,218 +69,6 @@ class TrainNet(nn.Module):
             return emb, raw.new_zeros(()), 0.0
         ce, stats = self.head(raw, labels)
         return emb, ce, float(stats["accuracy"])
-
-
-# -- data ----------------------------------------------------------------------------------------
-
-
-def _cache_for(config: TrainConfig, frontend: Frontend) -> Any:
-    from csi_training.feature_cache import FeatureCache
-
-    root = config.data.cache_dir or str(Path(config.data.manifest or ".").resolve().parent / ".csi-features")
-    namespace = {"frontend": frontend.config.to_dict(), "max_s": config.data.eval_max_s, "v": 1}
-    return FeatureCache(root, namespace)
-
-
-def _load_splits(
-    config: TrainConfig, frontend: Frontend, proc: Process, progress: bool
-) -> tuple[FeatureSet, FeatureSet]:
-    """Train and validation feature sets from the manifest (rank 0 fills the cache first)."""
-    from csi_training.data import read_manifest
-    from csi_training.datasets import load_manifest_features
-
-    assert config.data.manifest is not None
-    entries = read_manifest(config.data.manifest)
-    split = split_works(
-        [e.work_id for e in entries], config.data.val_works, config.data.test_works, config.data.split_seed
-    )
-    train_entries = [e for e in entries if e.work_id in split.train]
-    val_entries = [e for e in entries if e.work_id in split.val]
-    logger.info(
-        "manifest %s: %d files, %d works → train %d works / val %d / test %d (held out)",
-        config.data.manifest,
-        len(entries),
-        len(split.train) + len(split.val) + len(split.test),
-        len(split.train),
-        len(split.val),
-        len(split.test),
-    )
-    cache = _cache_for(config, frontend)
-
-    def load() -> list[FeatureSet]:
-        sets = []
-        for name, subset in (("train", train_entries), ("val", val_entries)):
-            bar = _progress(len(subset), f"features ({name})", enabled=progress and proc.main)
-            sets.append(load_manifest_features(subset, frontend, cache, config.data.eval_max_s, bar.update))
-            bar.close()
-        return sets
-
-    # rank 0 fills the shared cache first; the other ranks then read it instead of recomputing
-    sets = load() if proc.main else []
-    proc.barrier()
-    if not proc.main:
-        sets = load()
-    return sets[0], sets[1]
-
-
-class _Bar:
-    def __init__(self, total: int, desc: str, enabled: bool) -> None:
-        self.bar: Any = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="it", dynamic_ncols=True, leave=False)
-
-    def update(self, n: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def set_postfix(self, **kw: Any) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(**kw, refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _progress(total: int, desc: str, enabled: bool) -> _Bar:
-    return _Bar(total, desc, enabled)
-
-
-class _Batches:
-    """Training batches x [B, F, T] float32 and labels [B] from a feature set."""
-
-    def __init__(self, config: TrainConfig, train: FeatureSet, frame_rate: float, proc: Process) -> None:
-        self.config = config
-        self.train = train
-        self.labels = {w: i for i, w in enumerate(sorted(set(train.work_ids)))}
-        self.item_labels = np.array([self.labels[w] for w in train.work_ids], dtype=np.int64)
-        self.frames = max(8, round(config.data.clip_s * frame_rate))
-        self.sampler = CliqueBatchSampler(
-            train.items_by_work(self.labels),
-            config.data.works_per_batch,
-            config.data.versions_per_work,
-            seed=config.seed,
-            rank=proc.rank,
-            world_size=proc.world,
-            steps_per_epoch=config.optim.steps_per_epoch,
-        )
-        self.augment = FeatureAugment(config.augment)
-        self.rank = proc.rank
-
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.sampler.set_epoch(epoch)
-        for step, items in enumerate(self.sampler):
-            rng = np.random.default_rng([self.config.seed, epoch, step, self.rank, 1])
-            stretch = self.augment.stretch_factors(len(items), rng)
-            x = np.stack([crop(self.train.features[i], self.frames, rng, s) for i, s in zip(items, stretch)])
-            xt = self.augment(torch.from_numpy(x), rng)
-            yield xt, torch.from_numpy(self.item_labels[items])
-
-
-VALIDATION_EPOCH = 1_000_000  # online validation versions: an epoch training never reaches
-
-
-class _OnlineBatches:
-    """Training batches synthesised on the fly from note events (``data.source = "online"``).
-
-    Each work has ``online_versions_per_work`` virtual items per epoch; what version v of work w
-    sounds like depends on (seed, work, v, epoch), so every epoch brings new versions. Waveform
-    clips are rendered by DataLoader workers (``data.num_workers``), turned into features by the
-    frontend on the training device, then pitch-rolled and masked like cached features (tempo
-    already varies in the synthesis, so crops are not stretched).
-    """
-
-    def __init__(
-        self, config: TrainConfig, works: list[Any], frontend: Frontend, device: torch.device, proc: Process
-    ) -> None:
-        from csi_training.render.online import OnlineVersions
-
-        self.config = config
-        self.labels = {w.work_id: i for i, w in enumerate(works)}
-        v = config.data.online_versions_per_work
-        self.dataset = OnlineVersions(
-            works,
-            sample_rate=frontend.sample_rate,
-            clip_s=config.data.clip_s,
-            seed=config.seed,
-            versions_per_work=v,
-        )
-        self.sampler = CliqueBatchSampler(
-            {i: list(range(i * v, (i + 1) * v)) for i in range(len(works))},
-            config.data.works_per_batch,
-            config.data.versions_per_work,
-            seed=config.seed,
-            rank=proc.rank,
-            world_size=proc.world,
-            steps_per_epoch=config.optim.steps_per_epoch,
-        )
-        self.frontend = frontend.to(device)
-        self.device = device
-        self.augment = FeatureAugment(dataclasses.replace(config.augment, stretch_p=0.0))
-        self.rank = proc.rank
-
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.sampler.set_epoch(epoch)
-        self.dataset.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=self.sampler, num_workers=self.config.data.num_workers
-        )
-        for step, (waves, work_index) in enumerate(loader):
-            rng = np.random.default_rng([self.config.seed, epoch, step, self.rank, 2])
-            with torch.no_grad():
-                feats = self.frontend(waves.to(self.device)).float()
-            yield self.augment(feats, rng), work_index
-
-
-def _online_data(
-    config: TrainConfig, frontend: Frontend, device: torch.device, proc: Process, progress: bool
-) -> tuple[_OnlineBatches, FeatureSet]:
-    """Training batches and validation features (fixed versions) from a note-event corpus."""
-    from csi_training.render.notes import load_note_corpus
-    from csi_training.render.online import OnlineVersions
-
-    assert config.data.notes is not None
-    works = load_note_corpus(config.data.notes)
-    split = split_works(
-        [w.work_id for w in works], config.data.val_works, config.data.test_works, config.data.split_seed
-    )
-    train_works = [w for w in works if w.work_id in split.train]
-    val_works = [w for w in works if w.work_id in split.val]
-    logger.info(
-        "note corpus %s: %d works → train %d / val %d / test %d (held out)",
-        config.data.notes,
-        len(works),
-        len(train_works),
-        len(val_works),
-        len(split.test),
-    )
-    batches = _OnlineBatches(config, train_works, frontend, device, proc)
-    val = FeatureSet()
-    if val_works:
-        # validation versions are fixed (one far-away epoch of a differently seeded dataset)
-        fixed = OnlineVersions(
-            val_works,
-            sample_rate=frontend.sample_rate,
-            clip_s=None,
-            seed=config.seed + 7919,
-            versions_per_work=config.data.versions_per_work,
-            max_duration_s=config.data.eval_max_s,
-        )
-        bar = _progress(len(fixed), "validation versions", enabled=progress and proc.main)
-        for i in range(len(fixed) if proc.main else 0):
-            wave, w = fixed[(i // fixed.versions_per_work, i % fixed.versions_per_work, VALIDATION_EPOCH)]
-            with torch.no_grad():
-                feats = frontend.cpu()(wave.unsqueeze(0))[0].numpy()
-            val.features.append(feats.astype(np.float16))
-            val.work_ids.append(val_works[w].work_id)
-            val.version_ids.append(f"v{i % fixed.versions_per_work}")
-            val.paths.append(f"{val_works[w].work_id}#v{i % fixed.versions_per_work}")
-            bar.update()
-        bar.close()
-        frontend.to(device)
-    return batches, val
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -382,7 +114,7 @@ def train(
     ``stop_after``: run at most this many epochs in this call (a preemptible job, or a budget), leaving
     a ``last`` checkpoint that ``resume=True`` continues exactly where it stopped.
     """
-    proc = _init_process(config.device)
+    proc = init_process(config.device)
     try:
         return _train(config, resume, progress, proc, stop_after)
     finally:
@@ -422,13 +154,13 @@ def _train(
     encoder = build_encoder(config.frontend, config.model)
     frontend = encoder.frontend
     frame_rate = float(frontend.frame_rate)
-    batches: _Batches | _OnlineBatches
+    batches: FeatureBatches | OnlineBatches
     if config.data.source == "online":
-        batches, val_set = _online_data(config, frontend, device, proc, progress)
+        batches, val_set = load_online_data(config, frontend, device, proc, progress)
         train_set = FeatureSet()
     else:
-        train_set, val_set = _load_splits(config, frontend, proc, progress)
-        batches = _Batches(config, train_set, frame_rate, proc)
+        train_set, val_set = load_manifest_data(config, frontend, proc, progress)
+        batches = FeatureBatches(config, train_set, frame_rate, proc)
 
     head: nn.Module | None = None
     if config.loss.ce_weight > 0:
@@ -484,7 +216,9 @@ def _train(
     )
     for epoch in range(start_epoch, end_epoch):
         model.train()
-        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{config.optim.epochs}", progress and proc.main)
+        bar = progress_bar(
+            steps_per_epoch, f"epoch {epoch + 1}/{config.optim.epochs}", progress and proc.main
+        )
         sums = {"loss": 0.0, "triplet": 0.0, "ce": 0.0, "ce_accuracy": 0.0, "active": 0.0}
         t0, n_samples = time.monotonic(), 0
         for x, labels in batches.epoch(epoch):
@@ -510,7 +244,7 @@ def _train(
             for k, v in (
                 ("loss", loss.item()),
                 ("triplet", trip.item()),
-                ("ce", float(ce)),
+                ("ce", float(ce.detach())),
                 ("ce_accuracy", ce_acc),
                 ("active", active),
             ):

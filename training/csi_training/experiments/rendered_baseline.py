@@ -129,34 +129,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.stop_after == "render":
         return {"rows": []}
 
-    model_dir = work_dir / "model"
-    config = load_config(
-        args.config,
-        {
-            "data.manifest": str(train_manifest),
-            "out_dir": str(model_dir),
-            "data.cache_dir": str(work_dir / "features"),
-        },
-    )
-    done = (model_dir / "last" / "config.json").exists() and json.loads(
-        (model_dir / "last" / "config.json").read_text()
-    ).get("epoch") == config.optim.epochs
-    if not done:
-        train(config, resume=(model_dir / "last").exists(), progress=True)
-    training_info = json.loads((model_dir / "best" / "config.json").read_text())
-
-    emb, work_ids, _, info = embed_manifest(
-        model_dir / "best", test_manifest, device=args.device, cache_dir=work_dir / "features"
-    )
-    rows = [
-        _metrics_row(
-            "csi MOVE-style CQTNet (ours)",
-            evaluate(emb, work_ids),
-            len(work_ids),
-            f"{config.model.width}, {config.model.embedding_dim}-d",
-        )
-    ]
-
     # classical baselines on the same test tracks
     from csi_training.baselines.chroma_features import chroma_for_files
     from csi_training.baselines.ftm2d import FTM2D, euclidean_distances
@@ -185,17 +157,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         logger.info("HPCP chroma of %d test tracks in %.0f s", len(keep), time.monotonic() - t0)
     works_kept = [test_entries[i].work_id for i in keep]
-    ftm = FTM2D().fit(beat_chroma)
-    vecs = ftm.transform(beat_chroma)
-    rows.append(
-        _metrics_row(
-            "2D Fourier-transform magnitude (Bertin-Mahieux & Ellis 2012)",
-            evaluate_distances(euclidean_distances(vecs), works_kept),
-            len(works_kept),
-            "beat-synchronous HPCP, 75-beat patches, median",
-        )
-    )
-
     rng = np.random.default_rng(args.seed)
     subset_works = sorted(
         rng.choice(sorted(set(works_kept)), size=min(args.qmax_works, len(set(works_kept))), replace=False)
@@ -209,6 +170,48 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         dq = qmax_distance_matrix([hpcps[i] for i in sub], workers=args.workers)
         np.save(qmax_file, dq)
         logger.info("Qmax on %d tracks (%d pairs) in %.0f s", len(sub), len(sub) ** 2, time.monotonic() - t0)
+    if args.stop_after == "baselines":
+        return {"rows": []}
+
+    model_dir = work_dir / "model"
+    config = load_config(
+        args.config,
+        {
+            "data.manifest": str(train_manifest),
+            "out_dir": str(model_dir),
+            "data.cache_dir": str(work_dir / "features"),
+        },
+    )
+    done = (model_dir / "last" / "config.json").exists() and json.loads(
+        (model_dir / "last" / "config.json").read_text()
+    ).get("epoch") == config.optim.epochs
+    if not done and not args.no_train:
+        train(config, resume=(model_dir / "last").exists(), progress=True)
+    training_info = json.loads((model_dir / "best" / "config.json").read_text())
+
+    emb, work_ids, _, info = embed_manifest(
+        model_dir / "best", test_manifest, device=args.device, cache_dir=work_dir / "features"
+    )
+    rows = [
+        _metrics_row(
+            "csi MOVE-style CQTNet (ours)",
+            evaluate(emb, work_ids),
+            len(work_ids),
+            f"{config.model.width}, {config.model.embedding_dim}-d",
+        )
+    ]
+
+    ftm = FTM2D().fit(beat_chroma)
+    vecs = ftm.transform(beat_chroma)
+    rows.append(
+        _metrics_row(
+            "2D Fourier-transform magnitude (Bertin-Mahieux & Ellis 2012)",
+            evaluate_distances(euclidean_distances(vecs), works_kept),
+            len(works_kept),
+            "beat-synchronous HPCP, 75-beat patches, median",
+        )
+    )
+
     sub_works = [works_kept[i] for i in sub]
     rows.append(
         _metrics_row(
@@ -241,6 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "train": {
             k: training_info.get(k) for k in ("train_works", "train_files", "val_works", "epoch", "step")
         },
+        "epochs_planned": config.optim.epochs,
         "config": str(args.config),
         "renderer": args.renderer,
         "versions": args.versions,
@@ -258,7 +262,8 @@ def _write_report(path: Path, result: dict[str, Any], args: argparse.Namespace) 
         f"Test: {result['test_works']} unseen works × {args.test_versions} versions "
         f"({result['test_files']} tracks), "
         f"leave-one-out. Training: {result['train']['train_works']} works × {args.versions} versions "
-        f"(renderer: {args.renderer}), config `{args.config}`.",
+        f"(renderer: {args.renderer}), config `{args.config}`; best checkpoint: epoch "
+        f"{result['train']['epoch']} of {result['epochs_planned']} planned.",
         "",
         "| system | tracks | MAP | P@10 | MR1 | MRR | Top1 | note |",
         "|---|---|---|---|---|---|---|---|",
@@ -287,7 +292,12 @@ def main(argv: list[str] | None = None) -> int:
         "--max-duration-s", type=float, default=None, help="cut each rendered version to this length"
     )
     p.add_argument("--rerender", action="store_true")
-    p.add_argument("--stop-after", choices=["render"], default=None, help="stop after this step")
+    p.add_argument(
+        "--no-train",
+        action="store_true",
+        help="evaluate the model's best checkpoint as it is (e.g. a run stopped early)",
+    )
+    p.add_argument("--stop-after", choices=["render", "baselines"], default=None, help="stop after this step")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from csi_runtime.atomic import atomic_write_text, fsync_dir
 from csi_training.config import TrainConfig, config_diff, config_from_dict, config_to_dict
 from csi_training.models.encoder import Encoder, build_encoder
 
@@ -61,11 +62,7 @@ class Checkpoint:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=float)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
 
 
 def save_checkpoint(
@@ -107,11 +104,7 @@ def save_checkpoint(
             os.replace(directory, old)
         os.replace(tmp, directory)
         shutil.rmtree(old, ignore_errors=True)
-        fd = os.open(directory.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(directory.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

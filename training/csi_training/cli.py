@@ -85,10 +85,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = (
         Path(args.out) if args.out else Path(args.checkpoint) / "eval" / (Path(args.manifest).stem + ".json")
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
-    tmp.replace(out)
+    from csi_runtime.atomic import atomic_write_text
+
+    atomic_write_text(out, json.dumps(report, indent=2, default=float) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from csi_runtime.atomic import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -58,16 +58,8 @@ class FeatureCache:
     def put(self, audio_path: str | Path, features: np.ndarray) -> None:
         file = self._file(self.key(audio_path))
         file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".tmp-", suffix=".npy")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, np.asarray(features, dtype=np.float16), allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(file, "wb") as f:
+            np.save(f, np.asarray(features, dtype=np.float16), allow_pickle=False)
 
     def get_or_compute(self, audio_path: str | Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
         cached = self.get(audio_path)

@@ -123,6 +123,27 @@ def evaluate(
     per_query, n_relevant = _rank_queries(
         x, codes, query_items, ref_items, scorer, exclude_self, ties, batch, k
     )
+    logger.debug(
+        "ranked %d queries against %d references (%s, %s ties) in %.2f s",
+        len(query_items),
+        len(ref_items),
+        metric,
+        ties,
+        time.perf_counter() - started,
+    )
+    return _summary(per_query, n_relevant, query_items, n_items, len(ref_items), k, return_per_query)
+
+
+def _summary(
+    per_query: dict[str, np.ndarray],
+    n_relevant: np.ndarray,
+    query_items: np.ndarray,
+    n_items: int,
+    n_refs: int,
+    k: int,
+    return_per_query: bool,
+) -> dict[str, Any]:
+    """Means of the per-query metrics over the queries that have a relevant reference."""
     has_relevant = n_relevant > 0
     n_evaluated = int(has_relevant.sum())
     if n_evaluated == 0:
@@ -130,7 +151,6 @@ def evaluate(
             "no query has a relevant reference (same work id, other item): every work has a single "
             "item among the references, or the query and reference sets share no work"
         )
-
     result: dict[str, Any] = {
         "MAP": float(np.mean(per_query["AP"][has_relevant])),
         f"P@{k}": float(np.mean(per_query[f"P@{k}"][has_relevant])),
@@ -141,18 +161,10 @@ def evaluate(
         "n_queries": n_evaluated,
         "n_queries_without_relevant": int(len(query_items) - n_evaluated),
         "n_items": n_items,
-        "n_refs": len(ref_items),
+        "n_refs": n_refs,
     }
     if return_per_query:
         result["per_query"] = {"index": query_items, "n_relevant": n_relevant, **per_query}
-    logger.debug(
-        "ranked %d queries against %d references (%s, %s ties) in %.2f s",
-        len(query_items),
-        len(ref_items),
-        metric,
-        ties,
-        time.perf_counter() - started,
-    )
     return result
 
 
@@ -201,25 +213,7 @@ def evaluate_distances(
         None,
         int(k_precision),
     )
-    has_relevant = n_relevant > 0
-    if not has_relevant.any():
-        raise ValueError("no query has a relevant reference (every work has a single item)")
-    k = int(k_precision)
-    result: dict[str, Any] = {
-        "MAP": float(np.mean(per_query["AP"][has_relevant])),
-        f"P@{k}": float(np.mean(per_query[f"P@{k}"][has_relevant])),
-        "MR1": float(np.mean(per_query["rank1"][has_relevant])),
-        "MRR": float(np.mean(per_query["RR"][has_relevant])),
-        "Top1": float(np.mean(per_query["rank1"][has_relevant] <= 1)),
-        f"Top{k}": float(np.mean(per_query["rank1"][has_relevant] <= k)),
-        "n_queries": int(has_relevant.sum()),
-        "n_queries_without_relevant": int((~has_relevant).sum()),
-        "n_items": n_items,
-        "n_refs": n_items,
-    }
-    if return_per_query:
-        result["per_query"] = {"index": items, "n_relevant": n_relevant, **per_query}
-    return result
+    return _summary(per_query, n_relevant, items, n_items, n_items, int(k_precision), return_per_query)
 
 
 # ---------------------------------------------------------------------------------- input checks

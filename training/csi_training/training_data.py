@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from csi_training.augment import FeatureAugment, crop
-from csi_training.batching import CliqueBatchSampler, split_works
+from csi_training.batching import CliqueBatchSampler, WorkSplit, split_works
 from csi_training.config import TrainConfig
 from csi_training.datasets import FeatureSet
 from csi_training.distributed import Process
@@ -36,6 +36,19 @@ def _cache_for(config: TrainConfig, frontend: Frontend) -> Any:
     return FeatureCache(root, namespace)
 
 
+def _split(config: TrainConfig, work_ids: list[str], source: str) -> WorkSplit:
+    split = split_works(work_ids, config.data.val_works, config.data.test_works, config.data.split_seed)
+    logger.info(
+        "%s: %d works → train %d / val %d / test %d (held out, never used here)",
+        source,
+        len(split.train) + len(split.val) + len(split.test),
+        len(split.train),
+        len(split.val),
+        len(split.test),
+    )
+    return split
+
+
 def load_manifest_data(
     config: TrainConfig, frontend: Frontend, proc: Process, progress: bool
 ) -> tuple[FeatureSet, FeatureSet]:
@@ -45,20 +58,11 @@ def load_manifest_data(
 
     assert config.data.manifest is not None
     entries = read_manifest(config.data.manifest)
-    split = split_works(
-        [e.work_id for e in entries], config.data.val_works, config.data.test_works, config.data.split_seed
+    split = _split(
+        config, [e.work_id for e in entries], f"manifest {config.data.manifest} ({len(entries)} files)"
     )
     train_entries = [e for e in entries if e.work_id in split.train]
     val_entries = [e for e in entries if e.work_id in split.val]
-    logger.info(
-        "manifest %s: %d files, %d works → train %d works / val %d / test %d (held out)",
-        config.data.manifest,
-        len(entries),
-        len(split.train) + len(split.val) + len(split.test),
-        len(split.train),
-        len(split.val),
-        len(split.test),
-    )
     cache = _cache_for(config, frontend)
 
     def load() -> list[FeatureSet]:
@@ -199,19 +203,9 @@ def load_online_data(
 
     assert config.data.notes is not None
     works = load_note_corpus(config.data.notes)
-    split = split_works(
-        [w.work_id for w in works], config.data.val_works, config.data.test_works, config.data.split_seed
-    )
+    split = _split(config, [w.work_id for w in works], f"note corpus {config.data.notes}")
     train_works = [w for w in works if w.work_id in split.train]
     val_works = [w for w in works if w.work_id in split.val]
-    logger.info(
-        "note corpus %s: %d works → train %d / val %d / test %d (held out)",
-        config.data.notes,
-        len(works),
-        len(train_works),
-        len(val_works),
-        len(split.test),
-    )
     batches = OnlineBatches(config, train_works, frontend, device, proc)
     val = FeatureSet()
     if val_works:

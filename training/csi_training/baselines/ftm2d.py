@@ -30,12 +30,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from csi_runtime.atomic import atomic_open
 from csi_training.baselines.chroma_features import N_CHROMA
 
 logger = logging.getLogger(__name__)
@@ -208,16 +208,8 @@ class FTM2D:
         if self.mean is not None and self.components is not None:
             arrays["mean"] = self.mean
             arrays["components"] = self.components
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)  # type: ignore[arg-type]
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(target, "wb") as handle:
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> FTM2D:

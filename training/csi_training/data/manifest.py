@@ -19,14 +19,14 @@ Errors are :class:`ManifestError` (a ``ValueError``) naming the file and the lin
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import os
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from csi_runtime.atomic import atomic_write_text
 
 REQUIRED_COLUMNS = ("path", "work_id")
 OPTIONAL_COLUMNS = ("version_id",)
@@ -160,19 +160,4 @@ def _relative_if_under(file_path: Path, base: Path) -> str:
 def _write_text_atomic(target: Path, text: str) -> None:
     if target.is_dir():
         raise IsADirectoryError(f"cannot write a manifest over a directory: {target}")
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write_text(target, text)

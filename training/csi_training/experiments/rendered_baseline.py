@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from csi_runtime.atomic import atomic_write_text
+
 logger = logging.getLogger("csi_training.experiments.rendered_baseline")
 
 METRIC_KEYS = ("MAP", "P@10", "MR1", "MRR", "Top1")
@@ -250,7 +252,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "versions": args.versions,
         "wall_s": time.monotonic() - t_start,
     }
-    (work_dir / "results.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    atomic_write_text(work_dir / "results.json", json.dumps(result, indent=2, default=float) + "\n")
     if args.report:
         _write_report(Path(args.report), result, args)
     return result
@@ -273,8 +275,7 @@ def _write_report(path: Path, result: dict[str, Any], args: argparse.Namespace) 
             f"| {r['system']} | {r['items']} | {r.get('MAP', 0):.3f} | {r.get('P@10', 0):.3f} | "
             f"{r.get('MR1', 0):.2f} | {r.get('MRR', 0):.3f} | {r.get('Top1', 0):.3f} | {r['note']} |"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -573,8 +573,8 @@ def _render_chunk(
         idx = phase_at(ratio).astype(np.int64) & mask
         gain = nb.partial_gain[note, j]
         if decay_scale != 1.0:
-            k = -nb.inv_tau[note] * (1.0 / decay_scale - 1.0)
-            gain_at = _interpolated(gain * np.exp(t0 * k), gain * np.exp(t1 * k))
+            extra = -nb.inv_tau[note] * (1.0 / decay_scale - 1.0)  # faster decay of this mode
+            gain_at = _interpolated(gain * np.exp(t0 * extra), gain * np.exp(t1 * extra))
         else:
             gain_at = gain.astype(np.float32)[:, None]
         wave += _SINE[idx] * gain_at

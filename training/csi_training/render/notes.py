@@ -610,13 +610,10 @@ def parse_item(item: CorpusItem, min_duration_s: float = MIN_DURATION_S, min_not
         raise SkipWork(f"{n_notes} notes (fewer than {min_notes})")
     end_beats = max(float(np.max(p.events["onset_beats"] + p.events["duration_beats"])) for p in parts)
     start_beats = min(float(p.events["onset_beats"][0]) for p in parts)
-    if start_beats > 0:  # leading rests
+    if start_beats > 0:  # leading rests: the work starts with its first note
+        tempo_map = _shift_tempo_map(tempo_map, -start_beats)
         parts = [
-            dataclasses.replace(
-                p,
-                events=_shift_beats(p.events, -start_beats, tempo_map),
-            )
-            for p in parts
+            dataclasses.replace(p, events=_shift_beats(p.events, -start_beats, tempo_map)) for p in parts
         ]
         end_beats -= start_beats
     duration_s = float(beats_to_seconds(np.array([end_beats]), tempo_map)[0])
@@ -641,6 +638,16 @@ def parse_item(item: CorpusItem, min_duration_s: float = MIN_DURATION_S, min_not
         meter=meter_sig,
         beat_beats=beat_beats,
     )
+
+
+def _shift_tempo_map(tempo_map: np.ndarray, shift: float) -> np.ndarray:
+    """The tempo map of a timeline moved by `shift` beats (rows before beat 0 fold into the first)."""
+    moved = tempo_map.copy()
+    moved[:, 0] += shift
+    first = max(int(np.searchsorted(moved[:, 0], 0.0, side="right")) - 1, 0)
+    moved = moved[first:]
+    moved[0, 0] = 0.0
+    return moved
 
 
 def _shift_beats(events: np.ndarray, shift: float, tempo_map: np.ndarray) -> np.ndarray:

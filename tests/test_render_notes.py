@@ -280,3 +280,24 @@ def test_leading_rests_and_tempo_changes(tmp_path) -> None:
     assert work.tempo_from_score and work.sections_beats[-1] == 16
     shifted = notes._shift_tempo_map(np.array([[0.0, 60.0], [2.0, 90.0], [6.0, 120.0]]), -3.0)
     np.testing.assert_array_equal(shifted, [[0.0, 90.0], [3.0, 120.0]])
+
+
+def test_extraction_resumes_from_checkpoints(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sources = ["essenFolksong/test0.abc", "essenFolksong/teste.abc"]
+    first_report = notes.ExtractionReport()
+    first = notes.extract_works(sources=sources, checkpoint_dir=tmp_path, report=first_report)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["essenFolksong_test0.abc.npz", "essenFolksong_teste.abc.npz"]
+
+    def no_parsing(args):  # a resumed extraction must not parse again
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(notes, "_parse_or_reason", no_parsing)
+    again_report = notes.ExtractionReport()
+    again = notes.extract_works(sources=sources, checkpoint_dir=tmp_path, report=again_report)
+    assert [w.work_id for w in again] == [w.work_id for w in first]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a.all_events()["pitch"], b.all_events()["pitch"])
+    assert again_report.skipped == first_report.skipped and again_report.duplicates == first_report.duplicates
+    # other settings: the checkpoint does not apply
+    with pytest.raises(AssertionError, match="parsed again"):
+        notes.extract_works(sources=sources, checkpoint_dir=tmp_path, min_notes=20)

@@ -347,6 +347,12 @@ def _header_fields(header: str) -> str:
 def iter_corpus_items(sources: Sequence[str] = DEFAULT_SOURCES) -> Iterator[CorpusItem]:
     """Items of the given collections (names like "bach", or corpus-relative paths/prefixes like
     "essenFolksong/altdeu10.abc"), in the order of `sources`, files sorted within each."""
+    for _, item in _iter_source_items(sources):
+        yield item
+
+
+def _iter_source_items(sources: Sequence[str]) -> Iterator[tuple[str, CorpusItem]]:
+    """(the entry of `sources` that selected it, item) for every item; an item only once."""
     root, paths = _corpus_root_and_paths()
     rels = [(p, p.relative_to(root).as_posix()) for p in paths]
     seen: set[str] = set()
@@ -363,7 +369,7 @@ def iter_corpus_items(sources: Sequence[str] = DEFAULT_SOURCES) -> Iterator[Corp
                 continue
             seen.add(rel)
             if path.suffix.lower() != ".abc":
-                yield CorpusItem(f"m21:{rel}", rel, str(path), None)
+                yield source, CorpusItem(f"m21:{rel}", rel, str(path), None)
                 continue
             text = path.read_text(encoding="utf-8", errors="replace")
             header, tunes = split_abc_tunes(text)
@@ -375,7 +381,7 @@ def iter_corpus_items(sources: Sequence[str] = DEFAULT_SOURCES) -> Iterator[Corp
                 # header fields go after the X: line so the tune still starts with its reference number
                 first_nl = block.find("\n")
                 tune = block[: first_nl + 1] + fields + block[first_nl + 1 :] if fields else block
-                yield CorpusItem(f"m21:{rel}#{suffix}", rel, str(path), tune)
+                yield source, CorpusItem(f"m21:{rel}#{suffix}", rel, str(path), tune)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -836,31 +842,40 @@ def extract_works(
     dedupe: bool = True,
     work_ids: Sequence[str] | None = None,
     report: ExtractionReport | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> list[Work]:
     """Parse music21's bundled corpus into distinct works.
 
     limit: stop once this many works are kept; sources: collections or corpus-relative path
     prefixes (see `iter_corpus_items`), also the de-duplication priority; progress(n_done, n_total)
     is called after each parsed item; workers: parsing processes (1 = in this process);
-    work_ids: only these items (ids as in Work.work_id); report: filled with counts and timings.
+    work_ids: only these items (ids as in Work.work_id); report: filled with counts and timings;
+    checkpoint_dir: every fully parsed source is saved there (``<source>.npz``, all its usable
+    works before de-duplication) and loaded instead of parsed on the next call with the same
+    settings, so an interrupted extraction resumes where it stopped.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     report = report if report is not None else ExtractionReport()
     start = time.perf_counter()
-    items = list(iter_corpus_items(sources))
+    groups: list[tuple[str, list[CorpusItem]]] = []
+    for source, item in _iter_source_items(sources):
+        if not groups or groups[-1][0] != source:
+            groups.append((source, []))
+        groups[-1][1].append(item)
     if work_ids is not None:
         wanted = set(work_ids)
-        items = [it for it in items if it.work_id in wanted]
-        missing = wanted - {it.work_id for it in items}
+        groups = [(src, [it for it in items if it.work_id in wanted]) for src, items in groups]
+        missing = wanted - {it.work_id for _, items in groups for it in items}
         if missing:
             raise ValueError(f"work ids not in the selected corpus sources: {sorted(missing)[:5]}")
-    total = len(items)
+    total = sum(len(items) for _, items in groups)
     dedup = Deduplicator() if dedupe else None
     kept: list[Work] = []
-    tasks = ((it, min_duration_s, min_notes) for it in items)
+    settings = {"min_duration_s": min_duration_s, "min_notes": min_notes}
 
-    def consume(results: Iterable[tuple[str, Work | None, str, float]]) -> None:
+    def consume(results: Iterable[tuple[str, Work | None, str, float]], parsed: list[Work]) -> bool:
+        """Feed results to the filter; False when `limit` is reached."""
         for work_id, work, reason, seconds in results:
             report.n_items += 1
             report.parse_seconds += seconds
@@ -868,6 +883,7 @@ def extract_works(
                 report.skipped[work_id] = reason
                 log.debug("skip %s: %s", work_id, reason)
             else:
+                parsed.append(work)
                 same = dedup.check(work) if dedup is not None else None
                 if same is None:
                     kept.append(work)
@@ -877,19 +893,44 @@ def extract_works(
             if progress is not None:
                 progress(report.n_items, total)
             if limit is not None and len(kept) >= limit:
-                return
+                return False
+        return True
 
-    if workers == 1 or total <= 1:
-        consume(map(_parse_or_reason, tasks))
-    else:
+    pool: ProcessPoolExecutor | None = None
+    if workers > 1 and total > 1:
         # spawn: the caller may hold threads (torch) that fork would copy in a locked state
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            results = pool.map(_parse_or_reason, tasks, chunksize=8)
-            try:
-                consume(results)
-            finally:  # after `limit` works: drop the items not started yet
-                pool.shutdown(wait=True, cancel_futures=True)
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        for source, items in groups:
+            checkpoint = (
+                Path(checkpoint_dir) / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', source)}.npz"
+                if checkpoint_dir is not None and work_ids is None
+                else None
+            )
+            saved = _load_checkpoint(checkpoint, source, len(items), settings) if checkpoint else None
+            parsed: list[Work] = []
+            if saved is not None:
+                works, skipped = saved
+                results: Iterable[tuple[str, Work | None, str, float]] = [
+                    *((w.work_id, w, "", 0.0) for w in works),
+                    *((wid, None, reason, 0.0) for wid, reason in skipped.items()),
+                ]
+                log.info("%s: %d works from checkpoint %s", source, len(works), checkpoint)
+            else:
+                tasks = ((it, min_duration_s, min_notes) for it in items)
+                results = (
+                    pool.map(_parse_or_reason, tasks, chunksize=8) if pool else map(_parse_or_reason, tasks)
+                )
+            skipped_before = set(report.skipped)
+            if not consume(results, parsed):
+                break
+            if checkpoint is not None and saved is None:
+                skipped_here = {k: v for k, v in report.skipped.items() if k not in skipped_before}
+                extra = {"source": source, "n_items": len(items), "skipped": skipped_here, **settings}
+                save_note_corpus(checkpoint, parsed, extra={"checkpoint": extra})
+    finally:
+        if pool is not None:  # after `limit` works: drop the items not started yet
+            pool.shutdown(wait=True, cancel_futures=True)
     report.n_kept = len(kept)
     report.wall_seconds = time.perf_counter() - start
     log.info(
@@ -901,6 +942,25 @@ def extract_works(
         report.wall_seconds,
     )
     return kept
+
+
+def _load_checkpoint(
+    path: Path, source: str, n_items: int, settings: dict[str, Any]
+) -> tuple[list[Work], dict[str, str]] | None:
+    """A source's checkpoint (works, skip reasons) if it matches the source, item count and settings."""
+    if not path.is_file():
+        return None
+    try:
+        works, extra = load_note_corpus_with_extra(path)
+    except NoteCorpusError as exc:
+        log.warning("ignoring checkpoint %s: %s", path, exc)
+        return None
+    meta = extra.get("checkpoint", {})
+    expected = {"source": source, "n_items": n_items, **settings}
+    if any(meta.get(k) != v for k, v in expected.items()):
+        log.info("checkpoint %s is for other settings: parsing %s again", path, source)
+        return None
+    return works, dict(meta.get("skipped", {}))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -130,6 +130,7 @@ CANDIDATE_SHARE = 0.2
 DUPLICATE_EDIT_SHARE = 0.25
 MIN_EDIT_COMPARE = 12
 
+CHECKPOINT_ITEMS = 250  # items per extraction checkpoint file
 CACHE_FORMAT = "csi-note-corpus"
 CACHE_VERSION = 1
 
@@ -850,9 +851,10 @@ def extract_works(
     prefixes (see `iter_corpus_items`), also the de-duplication priority; progress(n_done, n_total)
     is called after each parsed item; workers: parsing processes (1 = in this process);
     work_ids: only these items (ids as in Work.work_id); report: filled with counts and timings;
-    checkpoint_dir: every fully parsed source is saved there (``<source>.npz``, all its usable
-    works before de-duplication) and loaded instead of parsed on the next call with the same
-    settings, so an interrupted extraction resumes where it stopped.
+    checkpoint_dir: every CHECKPOINT_ITEMS parsed items of a source are saved there
+    (``<source>.<chunk>.npz``: the usable works before de-duplication and the skip reasons) and
+    loaded instead of parsed by the next call with the same settings, so an interrupted
+    extraction resumes where it stopped.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -902,35 +904,50 @@ def extract_works(
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         for source, items in groups:
-            checkpoint = (
-                Path(checkpoint_dir) / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', source)}.npz"
-                if checkpoint_dir is not None and work_ids is None
-                else None
-            )
-            saved = _load_checkpoint(checkpoint, source, len(items), settings) if checkpoint else None
-            parsed: list[Work] = []
-            if saved is not None:
-                works, skipped = saved
-                results: Iterable[tuple[str, Work | None, str, float]] = [
-                    *((w.work_id, w, "", 0.0) for w in works),
-                    *((wid, None, reason, 0.0) for wid, reason in skipped.items()),
-                ]
-                log.info("%s: %d works from checkpoint %s", source, len(works), checkpoint)
-            else:
-                tasks = ((it, min_duration_s, min_notes) for it in items)
-                results = (
-                    pool.map(_parse_or_reason, tasks, chunksize=8) if pool else map(_parse_or_reason, tasks)
+            for lo in range(0, len(items), CHECKPOINT_ITEMS):
+                chunk = items[lo : lo + CHECKPOINT_ITEMS]
+                checkpoint = (
+                    Path(checkpoint_dir)
+                    / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', source)}.{lo // CHECKPOINT_ITEMS:03d}.npz"
+                    if checkpoint_dir is not None and work_ids is None
+                    else None
                 )
-            skipped_before = set(report.skipped)
-            if not consume(results, parsed):
-                break
-            if checkpoint is not None and saved is None:
-                skipped_here = {k: v for k, v in report.skipped.items() if k not in skipped_before}
-                extra = {"source": source, "n_items": len(items), "skipped": skipped_here, **settings}
-                save_note_corpus(checkpoint, parsed, extra={"checkpoint": extra})
+                key = {
+                    "source": source,
+                    "first": chunk[0].work_id,
+                    "last": chunk[-1].work_id,
+                    "n_items": len(chunk),
+                }
+                saved = _load_checkpoint(checkpoint, {**key, **settings}) if checkpoint else None
+                parsed: list[Work] = []
+                if saved is not None:
+                    works, skipped = saved
+                    results: Iterable[tuple[str, Work | None, str, float]] = [
+                        *((w.work_id, w, "", 0.0) for w in works),
+                        *((wid, None, reason, 0.0) for wid, reason in skipped.items()),
+                    ]
+                    log.info("%s: %d works from checkpoint %s", source, len(works), checkpoint)
+                else:
+                    tasks = ((it, min_duration_s, min_notes) for it in chunk)
+                    results = (
+                        pool.map(_parse_or_reason, tasks, chunksize=8)
+                        if pool
+                        else map(_parse_or_reason, tasks)
+                    )
+                skipped_before = set(report.skipped)
+                if not consume(results, parsed):
+                    return _finish(kept, report, start)
+                if checkpoint is not None and saved is None:
+                    skipped_here = {k: v for k, v in report.skipped.items() if k not in skipped_before}
+                    extra = {**key, **settings, "skipped": skipped_here}
+                    save_note_corpus(checkpoint, parsed, extra={"checkpoint": extra})
     finally:
         if pool is not None:  # after `limit` works: drop the items not started yet
             pool.shutdown(wait=True, cancel_futures=True)
+    return _finish(kept, report, start)
+
+
+def _finish(kept: list[Work], report: ExtractionReport, start: float) -> list[Work]:
     report.n_kept = len(kept)
     report.wall_seconds = time.perf_counter() - start
     log.info(
@@ -944,10 +961,8 @@ def extract_works(
     return kept
 
 
-def _load_checkpoint(
-    path: Path, source: str, n_items: int, settings: dict[str, Any]
-) -> tuple[list[Work], dict[str, str]] | None:
-    """A source's checkpoint (works, skip reasons) if it matches the source, item count and settings."""
+def _load_checkpoint(path: Path, expected: dict[str, Any]) -> tuple[list[Work], dict[str, str]] | None:
+    """A chunk's checkpoint (works, skip reasons) if it is for the same items and settings."""
     if not path.is_file():
         return None
     try:
@@ -956,9 +971,8 @@ def _load_checkpoint(
         log.warning("ignoring checkpoint %s: %s", path, exc)
         return None
     meta = extra.get("checkpoint", {})
-    expected = {"source": source, "n_items": n_items, **settings}
     if any(meta.get(k) != v for k, v in expected.items()):
-        log.info("checkpoint %s is for other settings: parsing %s again", path, source)
+        log.info("checkpoint %s is for other items or settings: parsing again", path)
         return None
     return works, dict(meta.get("skipped", {}))
 

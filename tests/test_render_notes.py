@@ -253,3 +253,56 @@ def test_split_works_is_deterministic_and_order_free(bundled: list[notes.Work], 
     assert len(three) == 3 and three == [w.work_id for w in bundled if w.work_id in set(three)]  # input order
     with pytest.raises(ValueError, match="does not fit"):
         notes.split_works(bundled, len(bundled) + 1)
+
+
+def test_leading_rests_and_tempo_changes(tmp_path) -> None:
+    from music21 import meter, note, stream, tempo
+
+    part = stream.Part()
+    part.append(meter.TimeSignature("4/4"))
+    part.append(tempo.MetronomeMark(number=60))
+    part.append(note.Rest(quarterLength=4))
+    names = ["C4", "D4", "E4", "F4", "G4", "A4", "B4", "C5", "C5", "B4", "A4", "G4", "F4", "E4", "D4", "C4"]
+    for i, name in enumerate(names):
+        if i == 4:
+            part.append(tempo.MetronomeMark(number=120))
+        part.append(note.Note(name, quarterLength=1))
+    score = stream.Score([part])
+    path = tmp_path / "t.musicxml"
+    score.write("musicxml", fp=str(path))
+    work = notes.parse_item(notes.CorpusItem("t", "t.musicxml", str(path), None))
+    ev = work.parts[0].events
+    assert ev["onset_beats"][0] == 0 and ev["onset_beats"][4] == 4  # the rest bar is gone
+    # the tempo change stays on its note: 4 beats at 60 bpm, then 120 bpm
+    np.testing.assert_array_equal(work.tempo_map, [[0.0, 60.0], [4.0, 120.0]])
+    np.testing.assert_allclose(ev["onset_s"][:6], [0, 1, 2, 3, 4, 4.5])
+    assert work.duration_s == pytest.approx(4 + 12 * 0.5)
+    assert work.tempo_from_score and work.sections_beats[-1] == 16
+    shifted = notes._shift_tempo_map(np.array([[0.0, 60.0], [2.0, 90.0], [6.0, 120.0]]), -3.0)
+    np.testing.assert_array_equal(shifted, [[0.0, 90.0], [3.0, 120.0]])
+
+
+def test_extraction_resumes_from_checkpoints(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sources = ["essenFolksong/test0.abc", "essenFolksong/teste.abc"]
+    counts = [sum(1 for _ in notes.iter_corpus_items([src])) for src in sources]
+    monkeypatch.setattr(notes, "CHECKPOINT_ITEMS", 3)
+    first_report = notes.ExtractionReport()
+    first = notes.extract_works(sources=sources, checkpoint_dir=tmp_path, report=first_report)
+    expected = [
+        f"{src.replace('/', '_')}.{k:03d}.npz" for src, n in zip(sources, counts) for k in range(-(-n // 3))
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == expected and len(expected) > 2
+
+    def no_parsing(args):  # a resumed extraction must not parse again
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(notes, "_parse_or_reason", no_parsing)
+    again_report = notes.ExtractionReport()
+    again = notes.extract_works(sources=sources, checkpoint_dir=tmp_path, report=again_report)
+    assert [w.work_id for w in again] == [w.work_id for w in first]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a.all_events()["pitch"], b.all_events()["pitch"])
+    assert again_report.skipped == first_report.skipped and again_report.duplicates == first_report.duplicates
+    # other settings: the checkpoint does not apply
+    with pytest.raises(AssertionError, match="parsed again"):
+        notes.extract_works(sources=sources, checkpoint_dir=tmp_path, min_notes=20)

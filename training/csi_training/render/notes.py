@@ -130,6 +130,7 @@ CANDIDATE_SHARE = 0.2
 DUPLICATE_EDIT_SHARE = 0.25
 MIN_EDIT_COMPARE = 12
 
+CHECKPOINT_ITEMS = 250  # items per extraction checkpoint file
 CACHE_FORMAT = "csi-note-corpus"
 CACHE_VERSION = 1
 
@@ -347,6 +348,12 @@ def _header_fields(header: str) -> str:
 def iter_corpus_items(sources: Sequence[str] = DEFAULT_SOURCES) -> Iterator[CorpusItem]:
     """Items of the given collections (names like "bach", or corpus-relative paths/prefixes like
     "essenFolksong/altdeu10.abc"), in the order of `sources`, files sorted within each."""
+    for _, item in _iter_source_items(sources):
+        yield item
+
+
+def _iter_source_items(sources: Sequence[str]) -> Iterator[tuple[str, CorpusItem]]:
+    """(the entry of `sources` that selected it, item) for every item; an item only once."""
     root, paths = _corpus_root_and_paths()
     rels = [(p, p.relative_to(root).as_posix()) for p in paths]
     seen: set[str] = set()
@@ -363,7 +370,7 @@ def iter_corpus_items(sources: Sequence[str] = DEFAULT_SOURCES) -> Iterator[Corp
                 continue
             seen.add(rel)
             if path.suffix.lower() != ".abc":
-                yield CorpusItem(f"m21:{rel}", rel, str(path), None)
+                yield source, CorpusItem(f"m21:{rel}", rel, str(path), None)
                 continue
             text = path.read_text(encoding="utf-8", errors="replace")
             header, tunes = split_abc_tunes(text)
@@ -375,7 +382,7 @@ def iter_corpus_items(sources: Sequence[str] = DEFAULT_SOURCES) -> Iterator[Corp
                 # header fields go after the X: line so the tune still starts with its reference number
                 first_nl = block.find("\n")
                 tune = block[: first_nl + 1] + fields + block[first_nl + 1 :] if fields else block
-                yield CorpusItem(f"m21:{rel}#{suffix}", rel, str(path), tune)
+                yield source, CorpusItem(f"m21:{rel}#{suffix}", rel, str(path), tune)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -610,13 +617,10 @@ def parse_item(item: CorpusItem, min_duration_s: float = MIN_DURATION_S, min_not
         raise SkipWork(f"{n_notes} notes (fewer than {min_notes})")
     end_beats = max(float(np.max(p.events["onset_beats"] + p.events["duration_beats"])) for p in parts)
     start_beats = min(float(p.events["onset_beats"][0]) for p in parts)
-    if start_beats > 0:  # leading rests
+    if start_beats > 0:  # leading rests: the work starts with its first note
+        tempo_map = _shift_tempo_map(tempo_map, -start_beats)
         parts = [
-            dataclasses.replace(
-                p,
-                events=_shift_beats(p.events, -start_beats, tempo_map),
-            )
-            for p in parts
+            dataclasses.replace(p, events=_shift_beats(p.events, -start_beats, tempo_map)) for p in parts
         ]
         end_beats -= start_beats
     duration_s = float(beats_to_seconds(np.array([end_beats]), tempo_map)[0])
@@ -641,6 +645,16 @@ def parse_item(item: CorpusItem, min_duration_s: float = MIN_DURATION_S, min_not
         meter=meter_sig,
         beat_beats=beat_beats,
     )
+
+
+def _shift_tempo_map(tempo_map: np.ndarray, shift: float) -> np.ndarray:
+    """The tempo map of a timeline moved by `shift` beats (rows before beat 0 fold into the first)."""
+    moved = tempo_map.copy()
+    moved[:, 0] += shift
+    first = max(int(np.searchsorted(moved[:, 0], 0.0, side="right")) - 1, 0)
+    moved = moved[first:]
+    moved[0, 0] = 0.0
+    return moved
 
 
 def _shift_beats(events: np.ndarray, shift: float, tempo_map: np.ndarray) -> np.ndarray:
@@ -829,31 +843,41 @@ def extract_works(
     dedupe: bool = True,
     work_ids: Sequence[str] | None = None,
     report: ExtractionReport | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> list[Work]:
     """Parse music21's bundled corpus into distinct works.
 
     limit: stop once this many works are kept; sources: collections or corpus-relative path
     prefixes (see `iter_corpus_items`), also the de-duplication priority; progress(n_done, n_total)
     is called after each parsed item; workers: parsing processes (1 = in this process);
-    work_ids: only these items (ids as in Work.work_id); report: filled with counts and timings.
+    work_ids: only these items (ids as in Work.work_id); report: filled with counts and timings;
+    checkpoint_dir: every CHECKPOINT_ITEMS parsed items of a source are saved there
+    (``<source>.<chunk>.npz``: the usable works before de-duplication and the skip reasons) and
+    loaded instead of parsed by the next call with the same settings, so an interrupted
+    extraction resumes where it stopped.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     report = report if report is not None else ExtractionReport()
     start = time.perf_counter()
-    items = list(iter_corpus_items(sources))
+    groups: list[tuple[str, list[CorpusItem]]] = []
+    for source, item in _iter_source_items(sources):
+        if not groups or groups[-1][0] != source:
+            groups.append((source, []))
+        groups[-1][1].append(item)
     if work_ids is not None:
         wanted = set(work_ids)
-        items = [it for it in items if it.work_id in wanted]
-        missing = wanted - {it.work_id for it in items}
+        groups = [(src, [it for it in items if it.work_id in wanted]) for src, items in groups]
+        missing = wanted - {it.work_id for _, items in groups for it in items}
         if missing:
             raise ValueError(f"work ids not in the selected corpus sources: {sorted(missing)[:5]}")
-    total = len(items)
+    total = sum(len(items) for _, items in groups)
     dedup = Deduplicator() if dedupe else None
     kept: list[Work] = []
-    tasks = ((it, min_duration_s, min_notes) for it in items)
+    settings = {"min_duration_s": min_duration_s, "min_notes": min_notes}
 
-    def consume(results: Iterable[tuple[str, Work | None, str, float]]) -> None:
+    def consume(results: Iterable[tuple[str, Work | None, str, float]], parsed: list[Work]) -> bool:
+        """Feed results to the filter; False when `limit` is reached."""
         for work_id, work, reason, seconds in results:
             report.n_items += 1
             report.parse_seconds += seconds
@@ -861,6 +885,7 @@ def extract_works(
                 report.skipped[work_id] = reason
                 log.debug("skip %s: %s", work_id, reason)
             else:
+                parsed.append(work)
                 same = dedup.check(work) if dedup is not None else None
                 if same is None:
                     kept.append(work)
@@ -870,19 +895,59 @@ def extract_works(
             if progress is not None:
                 progress(report.n_items, total)
             if limit is not None and len(kept) >= limit:
-                return
+                return False
+        return True
 
-    if workers == 1 or total <= 1:
-        consume(map(_parse_or_reason, tasks))
-    else:
+    pool: ProcessPoolExecutor | None = None
+    if workers > 1 and total > 1:
         # spawn: the caller may hold threads (torch) that fork would copy in a locked state
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            results = pool.map(_parse_or_reason, tasks, chunksize=8)
-            try:
-                consume(results)
-            finally:  # after `limit` works: drop the items not started yet
-                pool.shutdown(wait=True, cancel_futures=True)
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        for source, items in groups:
+            for lo in range(0, len(items), CHECKPOINT_ITEMS):
+                chunk = items[lo : lo + CHECKPOINT_ITEMS]
+                checkpoint = (
+                    Path(checkpoint_dir)
+                    / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', source)}.{lo // CHECKPOINT_ITEMS:03d}.npz"
+                    if checkpoint_dir is not None and work_ids is None
+                    else None
+                )
+                key = {
+                    "source": source,
+                    "first": chunk[0].work_id,
+                    "last": chunk[-1].work_id,
+                    "n_items": len(chunk),
+                }
+                saved = _load_checkpoint(checkpoint, {**key, **settings}) if checkpoint else None
+                parsed: list[Work] = []
+                if saved is not None:
+                    works, skipped = saved
+                    results: Iterable[tuple[str, Work | None, str, float]] = [
+                        *((w.work_id, w, "", 0.0) for w in works),
+                        *((wid, None, reason, 0.0) for wid, reason in skipped.items()),
+                    ]
+                    log.info("%s: %d works from checkpoint %s", source, len(works), checkpoint)
+                else:
+                    tasks = ((it, min_duration_s, min_notes) for it in chunk)
+                    results = (
+                        pool.map(_parse_or_reason, tasks, chunksize=8)
+                        if pool
+                        else map(_parse_or_reason, tasks)
+                    )
+                skipped_before = set(report.skipped)
+                if not consume(results, parsed):
+                    return _finish(kept, report, start)
+                if checkpoint is not None and saved is None:
+                    skipped_here = {k: v for k, v in report.skipped.items() if k not in skipped_before}
+                    extra = {**key, **settings, "skipped": skipped_here}
+                    save_note_corpus(checkpoint, parsed, extra={"checkpoint": extra})
+    finally:
+        if pool is not None:  # after `limit` works: drop the items not started yet
+            pool.shutdown(wait=True, cancel_futures=True)
+    return _finish(kept, report, start)
+
+
+def _finish(kept: list[Work], report: ExtractionReport, start: float) -> list[Work]:
     report.n_kept = len(kept)
     report.wall_seconds = time.perf_counter() - start
     log.info(
@@ -894,6 +959,22 @@ def extract_works(
         report.wall_seconds,
     )
     return kept
+
+
+def _load_checkpoint(path: Path, expected: dict[str, Any]) -> tuple[list[Work], dict[str, str]] | None:
+    """A chunk's checkpoint (works, skip reasons) if it is for the same items and settings."""
+    if not path.is_file():
+        return None
+    try:
+        works, extra = load_note_corpus_with_extra(path)
+    except NoteCorpusError as exc:
+        log.warning("ignoring checkpoint %s: %s", path, exc)
+        return None
+    meta = extra.get("checkpoint", {})
+    if any(meta.get(k) != v for k, v in expected.items()):
+        log.info("checkpoint %s is for other items or settings: parsing again", path)
+        return None
+    return works, dict(meta.get("skipped", {}))
 
 
 # ---------------------------------------------------------------------------------------------

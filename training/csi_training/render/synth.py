@@ -37,6 +37,7 @@ N_BANDS = (HIGHEST_PITCH - LOWEST_PITCH) // BAND_SEMITONES + 1
 BRIGHTNESS_STEPS = (-2, -1, 0, 1, 2)  # spectral tilt variants, dB per octave above 500 Hz
 NOISE_BUFFER_S = 1.0
 SILENCE_DB = -50.0  # envelopes are cut where they fall below this
+NOISE_TIME_CONSTANTS = 3.0  # attack noise bursts are rendered for this many decay times (-26 dB)
 
 _lock = threading.Lock()  # guards the lru_cache'd table builders (their fills are not atomic)
 
@@ -358,26 +359,32 @@ def _flat_positions(
 
 @dataclasses.dataclass
 class _NoteBatch:
-    """Per-note parameters (arrays [n]) of one voice, in samples."""
+    """Per-note parameters (arrays [n]) of one voice; times in samples since each note's onset."""
 
     onset: np.ndarray  # int64 output sample of the note's start (negative: started before the output)
-    first: np.ndarray  # int64 first position rendered (> 0 when the onset is before the output)
-    length: np.ndarray  # int64 samples rendered
-    dur: np.ndarray  # float32 note-off, samples after the onset
-    cut: np.ndarray  # float32 where the next note of the voice silences this one (inf: never)
-    inv_tau: np.ndarray  # float32 1 / decay time constant
-    log_amp: np.ndarray  # float32 log of the velocity gain
-    inc: np.ndarray  # float32 phase increment, table samples per output sample
+    first: np.ndarray  # int64 first position rendered, a multiple of BLOCK (> 0: onset before the output)
+    blocks: np.ndarray  # int64 number of BLOCK-sample blocks rendered
+    dur: np.ndarray  # float64 note-off
+    cut: np.ndarray  # float64 where the voice's next note silences this one (inf: never)
+    inv_tau: np.ndarray  # float64 1 / decay time constant
+    amp: np.ndarray  # float64 velocity gain
+    inc: np.ndarray  # float64 phase increment, table samples per output sample
     band: np.ndarray  # int64 offset of the note's wavetable band
-    vib_depth: np.ndarray  # float32 vibrato phase depth in table samples
-    partial_gain: np.ndarray  # float32 [n, n_partials] partial levels (0 above Nyquist)
+    vib_depth: np.ndarray  # float64 vibrato phase depth in table samples
+    partial_gain: np.ndarray  # float64 [n, n_partials] partial levels (0 above Nyquist)
 
     def take(self, index: slice | np.ndarray) -> _NoteBatch:
         return _NoteBatch(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
 
 
 LEGATO_FADE_S = 0.04  # a sustained voice's release is cut this fast when its next note starts
-CHUNK_SAMPLES = 1 << 15  # note-samples per vectorised pass: keeps the work arrays in cache
+# Envelopes, vibrato and cross-fades are computed at the ends of BLOCK-sample blocks and
+# interpolated linearly (4 ms at 16 kHz: below any envelope's time scale but the fastest
+# attacks, which become 4 ms ramps; the attack noise keeps its click); phases and wavetable
+# reads are per sample.
+BLOCK = 64
+CHUNK_BLOCKS = 1 << 9  # blocks per vectorised pass: keeps the work arrays in cache
+_RAMP = np.arange(BLOCK, dtype=np.float32)
 
 
 def render_notes(
@@ -424,7 +431,9 @@ def render_notes(
         cut = np.where(nxt < len(onset), onset[np.minimum(nxt, len(onset) - 1)] - onset, np.inf)
         sounding = np.minimum(dur + release, cut + cut_tc * LEGATO_FADE_S * sr)
     first = np.maximum(-onset, 0)
-    lengths = np.minimum(np.maximum(np.ceil(sounding).astype(np.int64), 1), n_samples - onset) - first
+    end = np.minimum(np.maximum(np.ceil(sounding).astype(np.int64), 1), n_samples - onset)
+    first = first - first % BLOCK
+    blocks = np.maximum(-(-(end - first) // BLOCK), 0)
     depth = (
         f0 * (2.0 ** (p.vibrato_cents / 1200.0) - 1.0) / (2 * np.pi * p.vibrato_hz) * TABLE_SIZE
         if p.vibrato_cents > 0
@@ -436,33 +445,36 @@ def render_notes(
     batch = _NoteBatch(
         onset=onset,
         first=first,
-        length=lengths,
-        dur=dur.astype(np.float32),
-        cut=cut.astype(np.float32),
-        inv_tau=(1.0 / tau).astype(np.float32),
-        log_amp=np.log(amp).astype(np.float32),
-        inc=(f0 * TABLE_SIZE / sr).astype(np.float32),
+        blocks=blocks,
+        dur=dur,
+        cut=cut,
+        inv_tau=1.0 / tau,
+        amp=amp,
+        inc=f0 * TABLE_SIZE / sr,
         band=((pitch.astype(np.int64) - LOWEST_PITCH) // BAND_SEMITONES).clip(0, N_BANDS - 1) * TABLE_SIZE,
-        vib_depth=depth.astype(np.float32),
-        partial_gain=partial_gain.astype(np.float32),
+        vib_depth=depth,
+        partial_gain=partial_gain,
     )
-    audible = lengths > 0  # notes that died away before the output starts are dropped
+    audible = (end > first) & (blocks > 0)  # notes that died away before the output starts are dropped
     if not audible.all():
-        batch, amp, pitch, velocity = batch.take(audible), amp[audible], pitch[audible], velocity[audible]
-        onset, first, lengths = batch.onset, batch.first, batch.length
-        if len(lengths) == 0:
+        batch, pitch, velocity = batch.take(audible), pitch[audible], velocity[audible]
+        onset, end = batch.onset, end[audible]
+        if len(onset) == 0:
             return out
     tables = _wavetables(p, sample_rate, brightness) if p.harmonic_level > 0 else None
-    # chunks of whole notes of about CHUNK_SAMPLES samples each
-    ends = np.cumsum(lengths)
-    bounds = np.searchsorted(ends, np.arange(CHUNK_SAMPLES, ends[-1], CHUNK_SAMPLES), side="left") + 1
-    edges = [0, *sorted(set(bounds.tolist()) - {0, len(lengths)}), len(lengths)]
+    # blocks may overrun the output by up to BLOCK samples at either end: render into a margin
+    padded = np.zeros(n_samples + 2 * BLOCK, dtype=np.float32)
+    ends = np.cumsum(batch.blocks)
+    bounds = np.searchsorted(ends, np.arange(CHUNK_BLOCKS, ends[-1], CHUNK_BLOCKS), side="left") + 1
+    edges = [0, *sorted(set(bounds.tolist()) - {0, len(ends)}), len(ends)]
     for lo, hi in itertools.pairwise(edges):
-        _render_chunk(p, sr, tables, batch.take(slice(lo, hi)), out)
+        _render_chunk(p, sr, tables, batch.take(slice(lo, hi)), padded)
+    out += padded[BLOCK : BLOCK + n_samples]
 
     if p.noise_level > 0:  # attack noise: hammer, pick, breath
-        n_len = np.maximum(np.minimum(int(np.ceil(p.noise_s * 4 * sr)), first + lengths) - first, 0)
-        pos_n, out_n = _flat_positions(n_len, onset, first)
+        start = np.maximum(-onset, 0)
+        n_len = np.maximum(np.minimum(int(np.ceil(NOISE_TIME_CONSTANTS * p.noise_s * sr)), end) - start, 0)
+        pos_n, out_n = _flat_positions(n_len, onset, start)
         with _lock:
             buf = _noise_buffer(sample_rate, p.noise_lowpass_hz)
         # a noise texture per pitch and velocity: the same wherever the note sits in the output
@@ -470,81 +482,105 @@ def render_notes(
         offsets = np.repeat(seeds % len(buf), n_len)
         noise = buf[(pos_n + offsets) % len(buf)]
         noise *= np.exp(pos_n.astype(np.float32) * np.float32(-1.0 / (p.noise_s * sr)))
-        noise *= np.repeat((p.noise_level * amp).astype(np.float32), n_len)
+        noise *= np.repeat((p.noise_level * batch.amp).astype(np.float32), n_len)
         np.add.at(out, out_n, noise)
     return out
 
 
-def _render_chunk(
-    p: TimbrePreset, sr: float, tables: tuple[np.ndarray, np.ndarray] | None, nb: _NoteBatch, out: np.ndarray
-) -> None:
-    f32 = np.float32
-    lengths = nb.length
-    pos, out_index = _flat_positions(lengths, nb.onset, nb.first)
-    t = pos.astype(np.float32)  # samples since the onset
-
-    def per_note(values: np.ndarray) -> np.ndarray:
-        return np.repeat(values, lengths)
-
-    # envelope exponent: decay + release after note-off + legato cut + velocity gain
-    after = t - per_note(nb.dur)
-    np.maximum(after, f32(0.0), out=after)
-    after *= f32(1.0 / (p.release_s * sr))
-    exponent = after
-    if np.isfinite(nb.cut).any():
-        after_cut = t - per_note(nb.cut)
-        np.maximum(after_cut, f32(0.0), out=after_cut)
-        after_cut *= f32(1.0 / (LEGATO_FADE_S * sr))
-        exponent += after_cut
+def _envelope(p: TimbrePreset, sr: float, t: np.ndarray, nb: _NoteBatch, note: np.ndarray) -> np.ndarray:
+    """The amplitude envelope (velocity gain included) at times t (samples since the onset) of `note`."""
+    exponent = np.maximum(t - nb.dur[note], 0.0) * (1.0 / (p.release_s * sr))
+    cut = nb.cut[note]
+    if np.isfinite(cut).any():
+        exponent += np.maximum(t - cut, 0.0) * (1.0 / (LEGATO_FADE_S * sr))
     if p.percussive or p.sustain <= 0:
-        exponent += t * per_note(nb.inv_tau)
-    exponent -= per_note(nb.log_amp)
-    env = np.exp(-exponent, out=exponent)
+        exponent += t * nb.inv_tau[note]
+    env = np.exp(-exponent) * nb.amp[note] * np.minimum(t * (1.0 / (p.attack_s * sr)), 1.0)
     if not p.percussive and 0 < p.sustain < 1:
-        env *= f32(p.sustain) + f32(1 - p.sustain) * np.exp(t * f32(-1.0 / (p.decay_s * sr)))
-    env *= np.minimum(t * f32(1.0 / (p.attack_s * sr)), f32(1.0))
+        env *= p.sustain + (1 - p.sustain) * np.exp(-t * (1.0 / (p.decay_s * sr)))
     if p.tremolo_depth > 0:
-        trem_idx = (t * f32(p.tremolo_hz * TABLE_SIZE / sr)).astype(np.int64) & (TABLE_SIZE - 1)
-        env *= f32(1.0 - p.tremolo_depth / 2) + f32(p.tremolo_depth / 2) * _SINE[trem_idx]
+        env *= 1.0 - p.tremolo_depth / 2 + p.tremolo_depth / 2 * np.sin(2 * np.pi * p.tremolo_hz / sr * t)
+    return env
 
-    # phase in table samples; float32 keeps it to < 0.1 % of a period over a note of a few seconds
-    phase = t * per_note(nb.inc)
+
+def _interpolated(at_start: np.ndarray, at_end: np.ndarray) -> np.ndarray:
+    """Per-block values at block starts/ends [nb] → linear ramps over each block, float32 [nb, BLOCK]."""
+    start = at_start.astype(np.float32)[:, None]
+    slope = ((at_end - at_start) * (1.0 / BLOCK)).astype(np.float32)[:, None]
+    return start + slope * _RAMP
+
+
+def _render_chunk(
+    p: TimbrePreset,
+    sr: float,
+    tables: tuple[np.ndarray, np.ndarray] | None,
+    nb: _NoteBatch,
+    padded: np.ndarray,
+) -> None:
+    """Add the notes of `nb` into `padded` (the output with a BLOCK-sample margin at both ends)."""
+    f32 = np.float32
+    # block level: note of each block and its start position within the note
+    note = np.repeat(np.arange(len(nb.blocks)), nb.blocks)
+    starts = np.cumsum(nb.blocks) - nb.blocks
+    pos = (nb.first[note] + BLOCK * (np.arange(len(note)) - starts[note])).astype(np.float64)
+    t0, t1 = pos, pos + BLOCK
+
+    env = _interpolated(_envelope(p, sr, t0, nb, note), _envelope(p, sr, t1, nb, note))
+    # phase in table samples: each block's start phase reduced modulo the table in float64 (exact
+    # for long notes), then float32 within the block; per frequency ratio (detune, partials)
+    inc = nb.inc[note]
+    vib = None
     if p.vibrato_cents > 0:
-        vib_idx = (t * f32(p.vibrato_hz * TABLE_SIZE / sr)).astype(np.int64) & (TABLE_SIZE - 1)
-        ramp = np.minimum(t * f32(1.0 / (p.vibrato_delay_s * sr)), f32(1.0))
-        ramp *= _SINE[vib_idx]
-        ramp *= per_note(nb.vib_depth)
-        phase += ramp
+        depth = nb.vib_depth[note]
 
+        def vibrato(t: np.ndarray) -> np.ndarray:
+            ramp = np.minimum(t * (1.0 / (p.vibrato_delay_s * sr)), 1.0)
+            return depth * ramp * np.sin(2 * np.pi * p.vibrato_hz / sr * t)
+
+        vib = _interpolated(vibrato(t0), vibrato(t1))
+
+    def phase_at(ratio: float) -> np.ndarray:
+        base = ((pos * (inc * ratio)) % TABLE_SIZE).astype(np.float32)[:, None]
+        phase = base + (inc * ratio).astype(np.float32)[:, None] * _RAMP
+        if vib is not None:
+            phase += vib if ratio == 1.0 else vib * np.float32(ratio)
+        return phase
+
+    mask = TABLE_SIZE - 1
     if tables is not None:
         attack_tab, sustain_tab = tables
-        band = per_note(nb.band)
-        idx = phase.astype(np.int64)
-        idx &= TABLE_SIZE - 1
+        band = nb.band[note][:, None]
+        idx = phase_at(1.0).astype(np.int64)
+        idx &= mask
         idx += band
         wave = sustain_tab[idx]
         if attack_tab is not sustain_tab:
-            fade = np.exp(t * f32(-1.0 / (p.bright_s * sr)))
+            k = -1.0 / (p.bright_s * sr)
+            fade = _interpolated(np.exp(t0 * k), np.exp(t1 * k))
             fade *= attack_tab[idx] - wave
             wave += fade
         if p.detune_cents > 0:
-            idx = (phase * f32(2.0 ** (p.detune_cents / 1200.0))).astype(np.int64)
-            idx &= TABLE_SIZE - 1
+            idx = phase_at(2.0 ** (p.detune_cents / 1200.0)).astype(np.int64)
+            idx &= mask
             idx += band
             wave += sustain_tab[idx]
             wave *= f32(0.5)
         if p.harmonic_level != 1.0:
             wave *= f32(p.harmonic_level)
     else:
-        wave = np.zeros(len(t), dtype=np.float32)
-    for k, (ratio, _, decay_scale) in enumerate(p.partials):
-        idx = (phase * f32(ratio)).astype(np.int64) & (TABLE_SIZE - 1)
-        partial = _SINE[idx] * per_note(nb.partial_gain[:, k])
+        wave = np.zeros((len(note), BLOCK), dtype=np.float32)
+    for j, (ratio, _, decay_scale) in enumerate(p.partials):
+        idx = phase_at(ratio).astype(np.int64) & mask
+        gain = nb.partial_gain[note, j]
         if decay_scale != 1.0:
-            partial *= np.exp(-t * per_note(nb.inv_tau * f32(1.0 / decay_scale - 1.0)))
-        wave += partial
+            extra = -nb.inv_tau[note] * (1.0 / decay_scale - 1.0)  # faster decay of this mode
+            gain_at = _interpolated(gain * np.exp(t0 * extra), gain * np.exp(t1 * extra))
+        else:
+            gain_at = gain.astype(np.float32)[:, None]
+        wave += _SINE[idx] * gain_at
     wave *= env
-    np.add.at(out, out_index, wave)
+    out_index = (nb.onset[note] + pos.astype(np.int64) + BLOCK)[:, None] + np.arange(BLOCK)
+    np.add.at(padded, out_index.ravel(), wave.ravel())
 
 
 def render_drums(events: np.ndarray, sample_rate: int, n_samples: int) -> np.ndarray:

@@ -62,7 +62,7 @@ class VersionConfig:
     tempo_range: tuple[float, float] = (0.75, 1.3)  # factor, log-uniform
     tempo_drift_max: float = 0.06  # relative amplitude of slow tempo fluctuation
     swing_probability: float = 0.15
-    swing_max: float = 0.3  # off-beat eighths delayed by up to this share of an eighth... ×2
+    swing_max: float = 0.3  # off-beat eighths move from 1/2 to (1 + swing)/2 of the beat (1/3: triplets)
     humanize_max_s: float = 0.02  # onset jitter std
     melody_variation_probability: float = 0.5
     melody_variation_max: float = 0.12  # share of melody notes dropped or ornamented

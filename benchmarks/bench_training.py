@@ -22,9 +22,9 @@ torch = pytest.importorskip("torch")
 
 from csi_training.augment import FeatureAugment, crop  # noqa: E402
 from csi_training.config import AugmentConfig, LossConfig  # noqa: E402
+from csi_training.distributed import autocast, cpu_supports_bf16  # noqa: E402
 from csi_training.losses import TripletLoss  # noqa: E402
 from csi_training.models.cqtnet import CQTNet  # noqa: E402
-from csi_training.distributed import autocast, cpu_supports_bf16  # noqa: E402
 
 from conftest import SMOKE, record  # noqa: E402
 

@@ -148,8 +148,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.monotonic()
         chroma = chroma_for_files([e.path for e in test_entries], workers=args.workers)
         keep = [i for i, t in enumerate(chroma.tracks) if t is not None]
-        beat_chroma = [chroma.tracks[i].beat_chroma for i in keep]
-        hpcps = [chroma.tracks[i].hpcp for i in keep]
+        tracks = [t for t in chroma.tracks if t is not None]
+        beat_chroma = [np.asarray(t.beat_chroma) for t in tracks]
+        hpcps = [t.qmax_hpcp for t in tracks]
         np.savez(
             chroma_file,
             n=len(keep),

@@ -114,6 +114,7 @@ DEFAULT_QUARTER_BPM = 100.0
 # ... unless that puts the melody's median inter-onset interval outside this range.
 MIN_TYPICAL_IOI_S, MAX_TYPICAL_IOI_S = 0.15, 0.6
 MIN_QUARTER_BPM, MAX_QUARTER_BPM = 20.0, 400.0  # metronome marks are clipped to this
+MAX_REPEAT_EXPANSION = 4.0  # an expanded score longer than this × the written one is a parse error
 TARGET_SECTION_S = 6.0  # sections are groups of 1, 2, 4, 8 or 16 bars closest to this length
 MIN_DURATION_S = 8.0
 MIN_NOTES = 16
@@ -591,7 +592,13 @@ def parse_item(item: CorpusItem, min_duration_s: float = MIN_DURATION_S, min_not
     score = parsed
     if _has_repeats(score):  # expandRepeats deep-copies the score: only when there are repeats
         try:
-            score = score.expandRepeats()
+            expanded = score.expandRepeats()
+            # inconsistent marks can make music21 repeat a tune dozens of times: keep it as written
+            if expanded.highestTime <= MAX_REPEAT_EXPANSION * max(score.highestTime, 1.0):
+                score = expanded
+            else:
+                log.debug("%s: repeats expand %.0f beats to %.0f: kept as written", item.work_id,
+                          score.highestTime, expanded.highestTime)  # fmt: skip
         except Exception as exc:  # inconsistent repeat marks: keep the written order
             log.debug("%s: repeats not expanded (%s)", item.work_id, exc)
     parts_streams = list(score.parts) if hasattr(score, "parts") and len(score.parts) else [score]

@@ -126,6 +126,12 @@ def test_dedupe_catches_transposed_and_rhythm_changed_copies(rng: np.random.Gene
     kept, dropped = notes.dedupe_works(works)
     assert [w.work_id for w in kept] == ["a", "b"]
     assert dropped == {"a-variant": "a", "a-excerpt": "a"}
+    # a short tune that happens to lie inside a long polyphonic line is not that line
+    line = (60 + np.cumsum(rng.choice([-2, -1, 1, 2], 400))).clip(40, 90).tolist()
+    kept, dropped = notes.dedupe_works(
+        [_work_from_pitches("mass", line), _work_from_pitches("tune", line[100:115])]
+    )
+    assert dropped == {}
 
 
 def test_dedupe_on_known_essen_variants(bundled: list[notes.Work]) -> None:
@@ -306,3 +312,11 @@ def test_extraction_resumes_from_checkpoints(tmp_path, monkeypatch: pytest.Monke
     # other settings: the checkpoint does not apply
     with pytest.raises(AssertionError, match="parsed again"):
         notes.extract_works(sources=sources, checkpoint_dir=tmp_path, min_notes=20)
+
+
+def test_cache_file_gets_default_permissions(tmp_path, bundled: list[notes.Work]) -> None:
+    path = tmp_path / "n.npz"
+    notes.save_note_corpus(path, bundled[:2])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

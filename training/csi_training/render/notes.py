@@ -114,6 +114,7 @@ DEFAULT_QUARTER_BPM = 100.0
 # ... unless that puts the melody's median inter-onset interval outside this range.
 MIN_TYPICAL_IOI_S, MAX_TYPICAL_IOI_S = 0.15, 0.6
 MIN_QUARTER_BPM, MAX_QUARTER_BPM = 20.0, 400.0  # metronome marks are clipped to this
+MAX_REPEAT_EXPANSION = 4.0  # an expanded score longer than this × the written one is a parse error
 TARGET_SECTION_S = 6.0  # sections are groups of 1, 2, 4, 8 or 16 bars closest to this length
 MIN_DURATION_S = 8.0
 MIN_NOTES = 16
@@ -128,8 +129,14 @@ SHINGLE_MAX_POSTINGS = 64
 # shorter interval sequence is within this many edits per interval of a stretch of the longer.
 CANDIDATE_SHARE = 0.2
 DUPLICATE_EDIT_SHARE = 0.25
-MIN_EDIT_COMPARE = 12
+MIN_EDIT_COMPARE = 16  # intervals: shorter melodies only match by shingles
+MIN_SHARED_SHINGLES = 6
+# The shorter melody must have this share of the longer one's intervals (a tune written out
+# twice still matches; a 12-note tune inside a 300-note mass movement does not).
+MIN_LENGTH_RATIO = 0.4
 
+_UMASK = os.umask(0)  # read once at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
 CHECKPOINT_ITEMS = 250  # items per extraction checkpoint file
 CACHE_FORMAT = "csi-note-corpus"
 CACHE_VERSION = 1
@@ -585,7 +592,13 @@ def parse_item(item: CorpusItem, min_duration_s: float = MIN_DURATION_S, min_not
     score = parsed
     if _has_repeats(score):  # expandRepeats deep-copies the score: only when there are repeats
         try:
-            score = score.expandRepeats()
+            expanded = score.expandRepeats()
+            # inconsistent marks can make music21 repeat a tune dozens of times: keep it as written
+            if expanded.highestTime <= MAX_REPEAT_EXPANSION * max(score.highestTime, 1.0):
+                score = expanded
+            else:
+                log.debug("%s: repeats expand %.0f beats to %.0f: kept as written", item.work_id,
+                          score.highestTime, expanded.highestTime)  # fmt: skip
         except Exception as exc:  # inconsistent repeat marks: keep the written order
             log.debug("%s: repeats not expanded (%s)", item.work_id, exc)
     parts_streams = list(score.parts) if hasattr(score, "parts") and len(score.parts) else [score]
@@ -734,8 +747,9 @@ class Deduplicator:
 
     `check(work)` returns the work_id of an earlier kept work with the same melody, or None after
     recording the work as kept. Candidates are kept works sharing interval shingles (ignoring
-    shingles already in more than `max_postings` kept works: scale and arpeggio commonplaces);
-    a candidate is the same melody when `containment` of the smaller shingle set is shared, or
+    shingles already in more than `max_postings` kept works: scale and arpeggio commonplaces)
+    whose melodies have comparable lengths (MIN_LENGTH_RATIO); a candidate is the same melody
+    when `containment` of the smaller shingle set is shared (at least MIN_SHARED_SHINGLES), or
     when the shorter interval sequence is within `max_edit_share` edits per interval of a stretch
     of the longer one (ornaments, passing notes, variant readings).
     """
@@ -763,16 +777,19 @@ class Deduplicator:
             if posting is not None and len(posting) <= self.max_postings:
                 counts.update(posting)
         for other, shared in counts.most_common(8):
+            a, b = intervals, self._intervals[other]
+            short, long = (a, b) if len(a) <= len(b) else (b, a)
+            if len(short) < MIN_LENGTH_RATIO * len(long):
+                continue  # a short tune is not "contained" in a long polyphonic line by chance
             smaller = max(1, min(len(shingles), self._sizes[other]))
-            if shared >= self.containment * smaller:
+            if shared >= max(MIN_SHARED_SHINGLES, self.containment * smaller):
                 return self._ids[other]
-            if shared >= max(2, CANDIDATE_SHARE * smaller):
-                a, b = intervals, self._intervals[other]
-                short, long = (a, b) if len(a) <= len(b) else (b, a)
-                if len(short) >= MIN_EDIT_COMPARE and containment_edit_distance(short, long) <= (
-                    self.max_edit_share * len(short)
-                ):
-                    return self._ids[other]
+            if (
+                shared >= max(2, CANDIDATE_SHARE * smaller)
+                and len(short) >= MIN_EDIT_COMPARE
+                and containment_edit_distance(short, long) <= self.max_edit_share * len(short)
+            ):
+                return self._ids[other]
         index = len(self._ids)
         self._ids.append(work.work_id)
         self._sizes.append(len(shingles))
@@ -982,9 +999,12 @@ def _load_checkpoint(path: Path, expected: dict[str, Any]) -> tuple[list[Work], 
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file atomically (temporary file in the same folder, fsync, rename, fsync the folder),
+    with the permissions a plain open() would give (mkstemp's are owner-only)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

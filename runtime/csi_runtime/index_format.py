@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import struct
-import uuid
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from csi_runtime.atomic import atomic_open
 from csi_runtime.errors import IndexFileError
 
 MAGIC = b"CSIINDEX"
@@ -126,25 +126,9 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[_SectionWriter]:
     target = Path(path)
     if target.exists() and target.is_dir():
         raise IsADirectoryError(f"cannot save an index over a directory: {target}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(MAGIC + struct.pack("<I", FORMAT_VERSION) + b"\0" * (PREAMBLE_BYTES - len(MAGIC) - 4))
-            writer = _SectionWriter(fh)
-            yield writer
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_open(target, "wb") as fh:
+        fh.write(MAGIC + struct.pack("<I", FORMAT_VERSION) + b"\0" * (PREAMBLE_BYTES - len(MAGIC) - 4))
+        yield _SectionWriter(fh)
 
 
 @dataclass

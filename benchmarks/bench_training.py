@@ -65,7 +65,7 @@ def _step(s: dict[str, Any], amp: bool) -> None:
 
 @pytest.mark.parametrize(("width", "device"), CASES, ids=[f"{w}-{d}" for w, d in CASES])
 @pytest.mark.parametrize("precision", ["mixed", "fp32"])
-def test_train_step(benchmark: Any, width: str, device: str, precision: str) -> None:
+def test_train_step(benchmark: Any, machine: dict[str, Any], width: str, device: str, precision: str) -> None:
     s = _setup(width, device)
     amp = precision == "mixed"
     _step(s, amp)  # warm-up (oneDNN primitive creation, cuDNN autotuning)
@@ -93,7 +93,7 @@ def test_train_step(benchmark: Any, width: str, device: str, precision: str) -> 
         record("training", key, {"fp32 eager (samples/s)": f"{rate:.1f}"})
 
 
-def test_input_pipeline(benchmark: Any) -> None:
+def test_input_pipeline(benchmark: Any, machine: dict[str, Any]) -> None:
     """Crops + augmentation of one batch from in-memory float16 features (samples/s)."""
     rng = np.random.default_rng(0)
     tracks = [rng.random((N_BINS, int(rng.integers(100, 400)))).astype(np.float16) for _ in range(BATCH)]

@@ -45,7 +45,14 @@ RESUMABLE_CHANGES = (
     "data.cache_dir",
 )
 
-__all__ = ["Checkpoint", "CheckpointError", "check_resumable", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "check_resumable",
+    "load_backbone_weights",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 
 class CheckpointError(ValueError):
@@ -137,15 +144,12 @@ def read_header(directory: str | Path) -> dict[str, Any]:
     return header
 
 
-def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Rebuild the encoder of a checkpoint folder; mismatched weights are refused with their names."""
+def load_backbone_weights(
+    directory: str | Path, backbone: torch.nn.Module, map_location: str | torch.device = "cpu"
+) -> None:
+    """Load a checkpoint's ``model.safetensors`` into ``backbone``; missing, unexpected or
+    wrongly shaped weights are refused with their names."""
     directory = Path(directory)
-    header = read_header(directory)
-    try:
-        config = config_from_dict(header["config"])
-    except ValueError as exc:
-        raise CheckpointError(f"checkpoint {directory} holds an invalid config: {exc}") from exc
-    encoder = build_encoder(header["frontend"], config.model)
     weights_file = directory / "model.safetensors"
     try:
         weights = load_file(str(weights_file), device=str(map_location))
@@ -153,7 +157,7 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
         raise CheckpointError(f"checkpoint {directory} has no model.safetensors") from None
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise CheckpointError(f"{weights_file} is damaged or not a safetensors file: {exc}") from exc
-    expected = {f"backbone.{k}": v for k, v in encoder.backbone.state_dict().items()}
+    expected = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     wrong_shape = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
@@ -173,7 +177,19 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
         raise CheckpointError(
             f"weights in {weights_file} do not fit the model its config describes: {'; '.join(parts)}"
         )
-    encoder.backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in weights.items()})
+    backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in weights.items()})
+
+
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the encoder of a checkpoint folder; mismatched weights are refused with their names."""
+    directory = Path(directory)
+    header = read_header(directory)
+    try:
+        config = config_from_dict(header["config"])
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {directory} holds an invalid config: {exc}") from exc
+    encoder = build_encoder(header["frontend"], config.model)
+    load_backbone_weights(directory, encoder.backbone, map_location)
     encoder.eval()
     metrics_file = directory / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}

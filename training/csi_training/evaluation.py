@@ -38,7 +38,7 @@ def embed_manifest(
     entries = read_manifest(manifest)
     cache = None
     if cache_dir is not None:
-        cache = FeatureCache(cache_dir, {"frontend": ckpt.info["frontend"], "max_s": max_s, "v": 1})
+        cache = FeatureCache.for_frontend(cache_dir, ckpt.info["frontend"], max_s)
     frontend = encoder.frontend.cpu()
     feats = load_manifest_features(entries, frontend, cache, max_s, progress)
     with autocast(dev, ckpt.config.amp and dev.type == "cuda"):

@@ -32,6 +32,12 @@ class FeatureCache:
         self.namespace = json.dumps(namespace, sort_keys=True, default=str)
         self.root.mkdir(parents=True, exist_ok=True)
 
+    @classmethod
+    def for_frontend(cls, root: str | Path, frontend_config: Mapping[str, Any], max_s: float) -> FeatureCache:
+        """The cache of one frontend's features of tracks decoded up to ``max_s`` seconds (what
+        training and evaluation share, so an evaluation reuses the features training computed)."""
+        return cls(root, {"frontend": dict(frontend_config), "max_s": float(max_s), "v": 1})
+
     def key(self, audio_path: str | Path) -> str:
         path = Path(audio_path).resolve()
         st = path.stat()

@@ -32,9 +32,9 @@ from csi_training.models.encoder import build_encoder
 from csi_training.training_data import (
     FeatureBatches,
     OnlineBatches,
+    ProgressBar,
     load_manifest_data,
     load_online_data,
-    progress_bar,
 )
 
 logger = logging.getLogger(__name__)
@@ -216,9 +216,7 @@ def _train(
     )
     for epoch in range(start_epoch, end_epoch):
         model.train()
-        bar = progress_bar(
-            steps_per_epoch, f"epoch {epoch + 1}/{config.optim.epochs}", progress and proc.main
-        )
+        bar = ProgressBar(steps_per_epoch, f"epoch {epoch + 1}/{config.optim.epochs}", progress and proc.main)
         sums = {"loss": 0.0, "triplet": 0.0, "ce": 0.0, "ce_accuracy": 0.0, "active": 0.0}
         t0, n_samples = time.monotonic(), 0
         for x, labels in batches.epoch(epoch):
@@ -325,14 +323,11 @@ def _restore(
     scheduler: Any,
     scaler: Any,
 ) -> tuple[int, int, list[dict[str, Any]], float]:
-    from safetensors.torch import load_file
-
-    from csi_training.checkpoint import CheckpointError
+    from csi_training.checkpoint import CheckpointError, load_backbone_weights
 
     header = read_header(last_dir)
     check_resumable(header, config)
-    weights = load_file(str(last_dir / "model.safetensors"))
-    net.backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in weights.items()})
+    load_backbone_weights(last_dir, net.backbone)
     state_file = last_dir / "train_state.pt"
     if not state_file.exists():
         raise CheckpointError(f"{last_dir} has no train_state.pt; it cannot be resumed (only evaluated)")

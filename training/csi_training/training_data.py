@@ -32,8 +32,7 @@ def _cache_for(config: TrainConfig, frontend: Frontend) -> Any:
     from csi_training.feature_cache import FeatureCache
 
     root = config.data.cache_dir or str(Path(config.data.manifest or ".").resolve().parent / ".csi-features")
-    namespace = {"frontend": frontend.config.to_dict(), "max_s": config.data.eval_max_s, "v": 1}
-    return FeatureCache(root, namespace)
+    return FeatureCache.for_frontend(root, frontend.config.to_dict(), config.data.eval_max_s)
 
 
 def _split(config: TrainConfig, work_ids: list[str], source: str) -> WorkSplit:
@@ -68,7 +67,7 @@ def load_manifest_data(
     def load() -> list[FeatureSet]:
         sets = []
         for name, subset in (("train", train_entries), ("val", val_entries)):
-            bar = progress_bar(len(subset), f"features ({name})", enabled=progress and proc.main)
+            bar = ProgressBar(len(subset), f"features ({name})", enabled=progress and proc.main)
             sets.append(load_manifest_features(subset, frontend, cache, config.data.eval_max_s, bar.update))
             bar.close()
         return sets
@@ -102,10 +101,6 @@ class ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def progress_bar(total: int, desc: str, enabled: bool) -> ProgressBar:
-    return ProgressBar(total, desc, enabled)
 
 
 class FeatureBatches:
@@ -218,7 +213,7 @@ def load_online_data(
             versions_per_work=config.data.versions_per_work,
             max_duration_s=config.data.eval_max_s,
         )
-        bar = progress_bar(len(fixed), "validation versions", enabled=progress and proc.main)
+        bar = ProgressBar(len(fixed), "validation versions", enabled=progress and proc.main)
         for i in range(len(fixed) if proc.main else 0):
             wave, w = fixed[(i // fixed.versions_per_work, i % fixed.versions_per_work, VALIDATION_EPOCH)]
             with torch.no_grad():

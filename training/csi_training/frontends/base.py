@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any
 
@@ -79,7 +80,7 @@ def as_batch(waveform: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, 
     return x.to(dtype).unsqueeze(1), unbatched
 
 
-class Frontend(nn.Module):
+class Frontend(nn.Module, abc.ABC):
     """Interface of the frontends: waveform [B, n] or [n] → features [B, n_features, T] or [n_features, T].
 
     Attributes: config (frozen dataclass, part of the model config), sample_rate (Hz),
@@ -92,9 +93,9 @@ class Frontend(nn.Module):
     sample_rate: int
     min_samples: int
 
+    @abc.abstractmethod
     def frames(self, n_samples: int) -> int:
         """Exact number of output frames for an input of n_samples samples."""
-        raise NotImplementedError
 
     def check(self, waveform: Any) -> None:
         """check_waveform with this frontend's minimum length."""

@@ -14,8 +14,6 @@ exporter's dependency), onnxruntime for the numerical part.
 
 from __future__ import annotations
 
-import re
-import warnings
 from typing import Any
 
 import numpy as np
@@ -67,32 +65,20 @@ _EXPORTED: dict[str, tuple[Any, Any]] = {}
 
 
 def exported(name: str) -> tuple[Any, Any]:
-    """(frontend, onnx.ModelProto), exported once per test session, input axes named batch and n."""
+    """(frontend, onnx.ModelProto), exported once per test session, input axes named batch and n
+    (through csi_export.onnx_graphs.export_graph, the exporter of the model bundles)."""
+    from csi_export.onnx_graphs import Axis, export_graph
+
     if name not in _EXPORTED:
         frontend = FRONTENDS[name]().eval()
         shortest = shortest_export_length(frontend)
-        example = torch.zeros(2, shortest + 16000)
-        dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("n", min=shortest)}
-        program = torch.export.export(frontend, (example,), dynamic_shapes=(dims,), strict=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # exporter progress chatter
-            onnx_program = torch.onnx.export(
-                program, input_names=["waveform"], output_names=["features"], dynamo=True, verbose=False
-            )
-        assert onnx_program is not None
-        model = onnx_program.model_proto
-        # torch.export calls the input sizes s<k>; give them their Dim names in every shape formula
-        (placeholder,) = [
-            node for node in program.graph.nodes if node.op == "placeholder" and node.name == "waveform"
-        ]
-        batch_symbol, n_symbol = (str(size) for size in placeholder.meta["val"].shape)
-        renames = {batch_symbol: "batch", n_symbol: "n"}
-        for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
-            for dim in value.type.tensor_type.shape.dim:
-                if dim.dim_param:
-                    dim.dim_param = re.sub(
-                        r"\bs\d+\b", lambda m: renames.get(m.group(0), m.group(0)), dim.dim_param
-                    )
+        model = export_graph(
+            frontend,
+            torch.zeros(2, shortest + 16000),
+            "waveform",
+            "features",
+            {0: Axis("batch"), 1: Axis("n", min=shortest)},
+        )
         _EXPORTED[name] = (frontend, model)
     return _EXPORTED[name]
 

@@ -379,3 +379,26 @@ def test_a_torch_dynamo_export_passes_the_check() -> None:
     check_tensorrt_ops(model, "encoder.onnx")  # raises if anything is off the list
     assert unsupported_ops(model) == {}
     assert graph_ops(model) == reference_ops(model)
+
+
+def test_axes_computed_at_run_time_are_refused() -> None:
+    """TensorRT's parser needs reduction axes as constants; a graph that computes them is refused."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    const_axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    nodes = [
+        helper.make_node("ReduceMax", ["x", "axes"], ["m"], name="fixed"),
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Slice", ["shape", "zero", "one"], ["computed"]),
+        helper.make_node("ReduceSum", ["m", "computed"], ["y"], name="computed_axes"),
+    ]
+    inits = [const_axes, helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+             helper.make_tensor("one", TensorProto.INT64, [1], [1])]  # fmt: skip
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 18)]
+    )
+    assert trt_ops.non_constant_axes(model) == ["ReduceSum (computed_axes)"]
+    with pytest.raises(
+        trt_ops.UnsupportedOpsError, match=r"axes computed at run time.*ReduceSum \(computed_axes\)"
+    ):
+        trt_ops.check_tensorrt_ops(model, "g")

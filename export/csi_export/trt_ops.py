@@ -255,11 +255,19 @@ def check_tensorrt_ops(model: onnx.ModelProto, what: str) -> None:
     The message names every unsupported op with its node count and why (listed as unsupported,
     absent from the list, or a custom domain), plus a default-domain opset outside
     [MIN_OPSET, MAX_OPSET]. ``what`` names the graph in the message (e.g. "encoder.onnx").
-    Supported ops that carry restrictions are logged at INFO level.
+    Also refuses reductions and (un)squeezes whose ``axes`` input is computed at run time (the
+    one restriction of the list that our graphs could break and that is checkable statically); other
+    restrictions are logged at DEBUG level.
     """
     bad = unsupported_ops(model)
     opset = opset_version(model)
     problems = []
+    dynamic_axes = non_constant_axes(model)
+    if dynamic_axes:
+        problems.append(
+            "axes computed at run time (TensorRT needs them as initializers or constants): "
+            + ", ".join(dynamic_axes)
+        )
     if bad:
         listed = ", ".join(f"{name} ×{n} ({_why_unsupported(name)})" for name, n in bad.items())
         problems.append(f"unsupported ops: {listed}")
@@ -282,8 +290,30 @@ def check_tensorrt_ops(model: onnx.ModelProto, what: str) -> None:
         op for (domain, op), _ in graph_ops(model).items() if domain == "" and op in OP_RESTRICTIONS
     )
     if restricted:
-        logger.info(
+        logger.debug(
             "%s uses ops TensorRT supports with restrictions: %s",
             what,
             "; ".join(f"{op}: {OP_RESTRICTIONS[op]}" for op in restricted),
         )
+
+
+#: ops whose second input is ``axes`` and must be a constant for TensorRT's parser (opset ≥ 13/18)
+AXES_INPUT_OPS = frozenset(
+    {"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
+     "ReduceProd", "ReduceSum", "ReduceSumSquare", "Squeeze", "Unsqueeze"}
+)  # fmt: skip
+
+
+def non_constant_axes(model: onnx.ModelProto) -> list[str]:
+    """Nodes of the main graph whose ``axes`` input is neither an initializer nor a Constant's output,
+    as "op_type (node name)"."""
+    graph = model.graph
+    constant = {i.name for i in graph.initializer} | {
+        out for n in graph.node if n.op_type == "Constant" for out in n.output
+    }
+    return [
+        f"{n.op_type} ({n.name or n.output[0]})"
+        for n in graph.node
+        if n.domain in ("", "ai.onnx") and n.op_type in AXES_INPUT_OPS and len(n.input) > 1
+        and n.input[1] and n.input[1] not in constant
+    ]  # fmt: skip

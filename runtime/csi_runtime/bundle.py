@@ -71,6 +71,7 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
         "hop_samples",
         "context_samples",
         "min_samples",
+        "min_samples_file",
     ),
     "encoder": ("window_s", "hop_s", "window_frames", "min_frames", "max_frames", "metric"),
     "graphs": ("frontend", "encoder"),
@@ -154,6 +155,12 @@ class ModelBundle:
     def hop_samples(self) -> int:
         """Samples between consecutive frontend output frames (hop length × pooling)."""
         return int(self.manifest["frontend"]["hop_samples"])
+
+    @property
+    def min_samples_file(self) -> int:
+        """Shortest whole file (before :meth:`pad_for_file`) the graphs accept, samples: the encoder
+        needs ``encoder.min_frames`` frames."""
+        return int(self.manifest["frontend"]["min_samples_file"])
 
     def graph_path(self, name: str) -> Path:
         """Path of a graph listed under ``graphs`` (``frontend``, ``encoder``, ``encoder_fp16``, …)."""
@@ -246,11 +253,12 @@ def _check_files(path: Path, manifest: dict[str, Any], verify_hashes: bool) -> N
     for name in listed:
         if name not in files:
             raise _fail(path, f"{name} is used by the bundle but has no sha256 under 'files'")
-    for name, expected in files.items():
+    for name in files:
         rel = Path(name)
         if rel.is_absolute() or ".." in rel.parts:
             raise _fail(path, f"file entry {name!r} points outside the bundle")
-        file = path / rel
+    for name, expected in files.items():
+        file = path / name
         if not file.is_file():
             raise _fail(path, f"{name} is missing (listed in {MANIFEST_NAME})")
         if verify_hashes:

@@ -49,6 +49,18 @@ class GeM(nn.Module):
         return x.clamp(min=self.eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
 
 
+class TimeMaxPool2(nn.Module):
+    """Max over pairs of time steps, an odd last step on its own: [B, C, H, T] → [B, C, H, ceil(T / 2)].
+
+    The same values as ``nn.MaxPool2d((1, 2), ceil_mode=True)``, written as "repeat the last step, then
+    floor pooling" so that torch.export can prove the output size for every T (its solver cannot
+    prove the ceil-mode guards, which would pin the exported graph to one length).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(torch.cat([x, x[..., -1:]], dim=-1), (1, 2))
+
+
 class CQTNet(nn.Module):
     """features [B, n_bins, T] (non-negative, e.g. log1p CQT) → unit-norm embeddings [B, embedding_dim]."""
 
@@ -78,10 +90,13 @@ class CQTNet(nn.Module):
                 nn.ReLU(inplace=True),
             ]
             if pool:
-                layers.append(nn.MaxPool2d((1, 2), ceil_mode=True))
+                layers.append(TimeMaxPool2())
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.channels = c_in
+        # Shortest input (frames) for which every time pooling leaves ≥ 2 steps: torch.export treats
+        # size-1 axes as special, so an exported graph accepts T ≥ min_frames only.
+        self.min_frames = 2 ** sum(pool for *_, pool in _FULL_LAYERS) + 1
         if pooling == "gem":
             self.pool: nn.Module = GeM()
         elif pooling == "max":

@@ -5,6 +5,7 @@ frontend graph (a chunk plus its context gives the frames of the whole file)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +28,16 @@ from csi_training.checkpoint import load_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """(checkpoint, bundle with fp16 and ORT-optimised encoders), exported once for the module."""
-    torch.set_num_threads(1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # many small ops: one thread is faster on a loaded 2-core machine
     root = tmp_path_factory.mktemp("export")
     seed = int(np.random.SeedSequence().entropy % 2**31)  # fresh weights every run
     checkpoint = make_checkpoint(root / "ckpt", seed)
     result = export_bundle(checkpoint, root / "bundle", fp16=True, ort_optimize=True)
-    return checkpoint, result.path
+    yield checkpoint, result.path
+    torch.set_num_threads(previous)
 
 
 def session(path: Path) -> object:

@@ -124,7 +124,6 @@ def export_bundle(
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint)
-    torch.set_grad_enabled(False)
     trained_frontend, valid_frontend = _frontends(ckpt.info)
     backbone = ckpt.encoder.backbone.eval()
     sr = int(trained_frontend.sample_rate)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -109,14 +108,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _setup_logging(verbose: bool) -> None:
-    log = logging.getLogger("csi_export")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-        log.addHandler(handler)
-        log.setLevel(logging.DEBUG if verbose else logging.INFO)
-        log.propagate = False
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # exporter chatter about torchvision ops
+    from csi_runtime.cli import console_logging
+
+    console_logging("csi_export", verbose)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -76,6 +76,10 @@ def export_graph(
         if example.shape[index] < 2:
             raise ExportError(f"the example input needs size ≥ 2 on dynamic axis {axis.name!r}")
     dims = {index: _dim(axis) for index, axis in axes.items()}
+    # the exporter warns once per torchvision op that torchvision is absent (we use none of them)
+    registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    previous_level = registration_log.level
+    registration_log.setLevel(logging.ERROR)
     try:
         with torch.no_grad():
             program = torch.export.export(module, (example,), dynamic_shapes=(dims,), strict=False)
@@ -93,6 +97,8 @@ def export_graph(
         raise
     except Exception as exc:  # torch.export raises many types (guards, unsupported ops, …)
         raise ExportError(f"torch could not export {type(module).__name__}: {exc}") from exc
+    finally:
+        registration_log.setLevel(previous_level)
     if onnx_program is None:
         raise ExportError(f"torch.onnx.export returned no program for {type(module).__name__}")
     model = onnx_program.model_proto

@@ -51,6 +51,18 @@ class Progress:
             self.stream.write("\n")
 
 
+def console_logging(package: str, verbose: bool = False) -> None:
+    """Show a package's log records on stderr with a time stamp (for commands that run long work);
+    idempotent, and the records do not also reach the root logger's handler."""
+    log = logging.getLogger(package)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 def _print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")

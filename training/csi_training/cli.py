@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 
 def _setup_logging() -> None:
-    log = logging.getLogger("csi_training")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
+    from csi_runtime.cli import console_logging
+
+    console_logging("csi_training")
 
 
 def _parse_override(text: str) -> tuple[str, Any]:

@@ -11,5 +11,9 @@ class IndexFileError(ValueError):
     """A reference-index file is truncated, corrupt, foreign or of an unsupported version."""
 
 
+class IndexModelMismatchError(ValueError):
+    """A reference index was built with another embedding model (or dimension) than the one in use."""
+
+
 class CudaUnavailableError(RuntimeError):
     """``device="cuda"`` was requested but no usable CUDA device or CUDA module is present."""

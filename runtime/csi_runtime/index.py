@@ -42,7 +42,7 @@ import numpy.typing as npt
 
 from csi_runtime import _native, index_format
 from csi_runtime.checks import check_finite_rows
-from csi_runtime.errors import IndexFileError
+from csi_runtime.errors import IndexFileError, IndexModelMismatchError
 from csi_runtime.info import __version__
 from csi_runtime.quantize import quantize_int8
 from csi_runtime.ranking import (
@@ -227,16 +227,25 @@ class ReferenceIndex:
         dtype: storage of the vectors: ``"float16"`` (default), ``"float32"`` or ``"int8"``.
         metric: ``"ip"`` (inner product / cosine for unit-norm vectors; larger is better) or
             ``"l2"`` (squared Euclidean distance; smaller is better).
+        model_id: the embedding model the vectors come from (``Embedder.model_id``), saved with
+            the index so that a service using another model is refused (:meth:`check_model`).
+            None: unknown (indexes saved before model ids were recorded load this way).
     """
 
-    def __init__(self, dim: int, *, dtype: str = "float16", metric: str = "ip") -> None:
+    def __init__(
+        self, dim: int, *, dtype: str = "float16", metric: str = "ip", model_id: str | None = None
+    ) -> None:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"dim must be a positive integer (got {dim!r})")
         if dtype not in STORAGE:
             raise ValueError(f"dtype must be one of {sorted(STORAGE)} (got {dtype!r})")
         if metric not in METRICS:
             raise ValueError(f"metric must be 'ip' or 'l2' (got {metric!r})")
+        if model_id is not None and (not isinstance(model_id, str) or not model_id.strip()):
+            raise ValueError(f"model_id must be a non-empty string or None (got {model_id!r})")
         self._dim = int(dim)
+        self._model_id = model_id
+        self._warned_unknown_model = False
         self._dtype_name = dtype
         self._dtype = STORAGE[dtype]
         self._metric = metric
@@ -267,6 +276,11 @@ class ReferenceIndex:
         return self._metric
 
     @property
+    def model_id(self) -> str | None:
+        """The embedding model the vectors come from; None when the index does not record it."""
+        return self._model_id
+
+    @property
     def num_works(self) -> int:
         return self._snapshot.live_works
 
@@ -285,8 +299,42 @@ class ReferenceIndex:
     def __repr__(self) -> str:
         return (
             f"ReferenceIndex(dim={self._dim}, dtype={self._dtype_name!r}, metric={self._metric!r}, "
-            f"vectors={len(self)}, works={self.num_works})"
+            f"model_id={self._model_id!r}, vectors={len(self)}, works={self.num_works})"
         )
+
+    def check_model(self, model_id: str, dim: int) -> None:
+        """Refuses an embedder whose vectors are not comparable with this index's.
+
+        Args:
+            model_id: the embedder's model id (``Embedder.model_id``).
+            dim: the embedder's vector dimension (``Embedder.dim``).
+
+        Raises:
+            IndexModelMismatchError: the index records another model, or its dimension differs.
+                An index that records no model (``model_id`` None) is checked on the dimension
+                only, with a warning logged once per index.
+        """
+        if self._model_id is None:
+            if int(dim) != self._dim:
+                raise IndexModelMismatchError(
+                    f"index built with an unrecorded model (dim {self._dim}), this embedder is "
+                    f"{model_id} (dim {dim}): rebuild the index with csi index build"
+                )
+            if not self._warned_unknown_model:
+                self._warned_unknown_model = True
+                logger.warning(
+                    "the reference index does not record the model it was built with; only its "
+                    "dimension (%d) could be checked against model %s. Rebuild it with csi index build "
+                    "to record the model.",
+                    self._dim,
+                    model_id,
+                )
+            return
+        if model_id != self._model_id or int(dim) != self._dim:
+            raise IndexModelMismatchError(
+                f"index built with model {self._model_id} (dim {self._dim}), this embedder is "
+                f"{model_id} (dim {dim}): rebuild the index with csi index build"
+            )
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -601,6 +649,7 @@ class ReferenceIndex:
                     "dim": self._dim,
                     "dtype": self._dtype_name,
                     "metric": self._metric,
+                    "model_id": self._model_id,
                     "count": n,
                     "num_works": int(live_ordinals.size),
                     "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -638,6 +687,9 @@ class ReferenceIndex:
             raise IndexFileError(f"{p}: header is missing or has a bad field ({exc})") from None
         if dtype not in STORAGE or metric not in METRICS or dim < 1 or count < 0 or num_works < 0:
             raise IndexFileError(f"{p}: unsupported dtype/metric or bad sizes in header")
+        model_id = h.get("model_id")  # absent in files saved before model ids were recorded
+        if model_id is not None and (not isinstance(model_id, str) or not model_id.strip()):
+            raise IndexFileError(f"{p}: header field model_id must be a non-empty string or null")
         required = ["vectors", "row_work", "work_ids", "meta_offsets", "meta_blob"] + (
             ["scales"] if dtype == "int8" else []
         )
@@ -679,7 +731,7 @@ class ReferenceIndex:
             if not np.isfinite(sc).all() or (sc < 0).any():
                 raise IndexFileError(f"{p}: int8 scales hold NaN/Inf or negative values")
 
-        index = cls(dim, dtype=dtype, metric=metric)
+        index = cls(dim, dtype=dtype, metric=metric, model_id=model_id)
         per_work = np.bincount(row_work, minlength=num_works) if count else np.zeros(num_works, np.int64)
         index._work_ids = list(work_ids)
         index._ordinal = {w: i for i, w in enumerate(work_ids)}
@@ -698,7 +750,14 @@ class ReferenceIndex:
             )
         with index._write_lock:
             index._publish()
-        logger.info("loaded reference index %s: %d vectors, %d works (mmap=%s)", p, count, num_works, mmap)
+        logger.info(
+            "loaded reference index %s: %d vectors, %d works, model %s (mmap=%s)",
+            p,
+            count,
+            num_works,
+            model_id,
+            mmap,
+        )
         return index
 
     @staticmethod
@@ -712,6 +771,7 @@ class ReferenceIndex:
             "dim": index.dim,
             "dtype": index.dtype,
             "metric": index.metric,
+            "model_id": index.model_id,
             "count": len(index),
             "num_works": index.num_works,
             **index_format.read_footer(path)[0],

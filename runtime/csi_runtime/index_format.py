@@ -15,6 +15,13 @@ truncation is always detected. Files are written to a temporary name in the same
 fsynced, then renamed over the target and the directory fsynced: a crash at any point leaves
 either the old file or the new one, never a mix.
 
+Versioning: ``FORMAT_VERSION`` is bumped only when a reader of the previous version would
+misread a new file (a changed section layout or meaning); readers refuse newer versions. Footer
+keys that only add information are optional and need no bump: readers ignore keys they do not
+know, and a file without such a key loads with its default. ``model_id`` (the embedding model the
+vectors come from, or null) is one: version-1 readers that predate it load new files correctly
+and simply do not check the model; files that predate it load with ``model_id`` None.
+
 This module knows nothing about works or search; ``csi_runtime.index`` builds on it.
 """
 

@@ -1,0 +1,157 @@
+"""Match / no-match threshold from scored examples, for a target false-alarm rate.
+
+The decision rule, used everywhere a score is compared with a threshold (the monitor's
+``DetectionTracker`` included), is :func:`is_match`: **a score matches when score >= threshold**.
+Scores are similarities, larger is better (inner products of unit vectors, as
+``ReferenceIndex.search`` returns for ``metric="ip"``).
+
+``calibrate_threshold`` picks the smallest threshold whose false-alarm rate on the negative
+scores (pairs of different works, or stream windows where no catalog work plays) is at most the
+target, and reports the miss rate it leaves on the positive scores (pairs of versions of one work).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Calibration", "calibrate_threshold", "is_match", "min_negatives"]
+
+
+def is_match(score: Any, threshold: float) -> Any:
+    """The decision rule: ``score >= threshold`` (a bool, or a bool array for an array of scores)."""
+    return score >= threshold
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A calibrated threshold and the error rates it gives on the calibration scores.
+
+    Attributes:
+        threshold: the smallest (float32) threshold with ``far <= target_far`` under :func:`is_match`.
+        far: false-alarm rate on the negatives: share of negative scores >= threshold.
+        frr: miss rate on the positives: share of positive scores < threshold.
+        n_pos, n_neg: how many positive and negative scores were used.
+        target_far: the false-alarm rate asked for.
+    """
+
+    threshold: float
+    far: float
+    frr: float
+    n_pos: int
+    n_neg: int
+    target_far: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _max_alarms(target_far: float, n_neg: int) -> int:
+    """Largest m with m / n_neg <= target_far, evaluated exactly as the caller will check it."""
+    m = min(n_neg, math.floor(target_far * n_neg))
+    while m + 1 <= n_neg and (m + 1) / n_neg <= target_far:
+        m += 1
+    while m > 0 and m / n_neg > target_far:
+        m -= 1
+    return m
+
+
+def min_negatives(target_far: float) -> int:
+    """Fewest negative scores that can resolve ``target_far``: the smallest n with 1 / n <= target_far.
+
+    With fewer, even a single false alarm exceeds the target, so the threshold would only say
+    "above every negative seen" and the false-alarm rate it promises could not be measured.
+    """
+    _check_target(target_far)
+    n = max(1, math.ceil(1.0 / target_far))
+    while n > 1 and 1.0 / (n - 1) <= target_far:
+        n -= 1
+    while 1.0 / n > target_far:
+        n += 1
+    return n
+
+
+def _check_target(target_far: float) -> None:
+    if (
+        isinstance(target_far, bool)
+        or not isinstance(target_far, (int, float, np.floating))
+        or not 0.0 < float(target_far) < 1.0
+    ):
+        raise ValueError(f"target_far must be a number in (0, 1) (got {target_far!r})")
+
+
+def _scores(values: npt.ArrayLike, name: str) -> np.ndarray:
+    x = np.asarray(values)
+    if x.dtype.kind not in "fiu" or x.dtype == np.bool_:
+        raise TypeError(f"{name} must be real numbers (got dtype {x.dtype})")
+    if x.ndim > 1:
+        raise ValueError(f"{name} must be a 1-D sequence of scores (got shape {x.shape})")
+    x = x.astype(np.float64).reshape(-1)
+    if x.size == 0:
+        raise ValueError(f"{name} is empty")
+    finite = np.isfinite(x)
+    if not finite.all():
+        raise ValueError(f"{name} holds NaN or infinite values (first at position {int(np.argmin(finite))})")
+    return x
+
+
+def _float32_above(v: float) -> float:
+    """The smallest float32 strictly greater than v (as a Python float)."""
+    with np.errstate(over="ignore"):
+        t = np.float32(v)  # nearest float32, maybe below v
+    if float(t) <= v:
+        t = np.nextafter(t, np.float32(np.inf))
+    if not np.isfinite(t):  # beyond the float32 range: fall back to float64 resolution
+        return float(np.nextafter(v, np.inf))
+    return float(t)
+
+
+def calibrate_threshold(
+    positive_scores: npt.ArrayLike, negative_scores: npt.ArrayLike, target_far: float = 0.01
+) -> Calibration:
+    """The smallest threshold whose false-alarm rate on ``negative_scores`` is at most ``target_far``.
+
+    Args:
+        positive_scores: float [P] scores of pairs that should match (versions of one work).
+        negative_scores: float [N] scores of pairs that should not match; N >= ``min_negatives``.
+        target_far: the false-alarm rate allowed, in (0, 1).
+
+    Returns:
+        A :class:`Calibration`. Exact on the given scores, ties included: with m the largest
+        number of false alarms the target allows (m / N <= target_far) and v the (m+1)-th largest
+        negative score, every threshold <= v lets at least m + 1 negatives match, and the smallest
+        one above v lets at most m match — fewer when negatives tie with v, since a tie is decided
+        as a block.
+
+        The threshold is a float32 value (the smallest float32 above v): the runtime's scores are
+        float32, and NumPy compares a float32 array with a Python float in float32, so a float64
+        threshold a hair above a float32 score would round back onto it and turn a rejection into
+        a match. A float32 threshold gives the same decisions whether float32 scores are compared
+        as float32 or float64.
+
+    Raises:
+        ValueError: empty or non-finite scores, a target outside (0, 1), or too few negatives.
+    """
+    _check_target(target_far)
+    target = float(target_far)
+    pos = _scores(positive_scores, "positive_scores")
+    neg = _scores(negative_scores, "negative_scores")
+    need = min_negatives(target)
+    if neg.size < need:
+        raise ValueError(
+            f"calibrating for a false-alarm rate of {target:g} needs at least {need} negative scores "
+            f"(got {neg.size}): with fewer, one false alarm already exceeds the target"
+        )
+    m = _max_alarms(target, neg.size)
+    # (m+1)-th largest negative: every threshold at or below it admits too many false alarms.
+    v = float(np.partition(neg, neg.size - 1 - m)[neg.size - 1 - m])
+    threshold = _float32_above(v)
+    far = int(np.count_nonzero(is_match(neg, threshold))) / neg.size
+    frr = int(np.count_nonzero(~is_match(pos, threshold))) / pos.size
+    return Calibration(
+        threshold=threshold, far=far, frr=frr, n_pos=int(pos.size), n_neg=int(neg.size), target_far=target
+    )

@@ -1,0 +1,1173 @@
+"""Monitoring: the decision core against hand-computed and offline-reference detections, the Monitor
+on synthetic streams (segments and audio), the sink (durability under SIGKILL, day rollover, plots)
+and metrics."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from csi_runtime import Hit, IndexModelMismatchError, ReferenceIndex
+from csi_runtime.monitor import (
+    CSV_FIELDS,
+    Detection,
+    DetectionSink,
+    DetectionTracker,
+    GapRecord,
+    Match,
+    Monitor,
+    Segment,
+    StreamClock,
+    parse_utc,
+    plot_timeline,
+    read_jsonl,
+    run_monitor,
+    utc_iso,
+)
+
+W, HOP = 20.0, 10.0  # regular windows of the tracker tests: window i = [10 i, 10 i + 20]
+
+
+def win(i: int) -> tuple[float, float]:
+    return (HOP * i, HOP * i + W)
+
+
+def H(work: str | int, score: float, **meta: Any) -> Hit:
+    return Hit(work, score, meta)
+
+
+SILENT = "silent"
+
+
+def run(tracker: DetectionTracker, windows: list[Any], flush: bool = True) -> list[tuple[int, Match]]:
+    """Feeds windows (lists of hits, or SILENT) at regular times; returns (window index or -1 for
+    the flush, match) for every detection emitted."""
+    out = []
+    for i, hits in enumerate(windows):
+        s, e = win(i)
+        silent = hits is SILENT
+        for m in tracker.update(s, e, [] if silent else hits, silent=silent):
+            out.append((i, m))
+    if flush:
+        out += [(-1, m) for m in tracker.flush()]
+    return out
+
+
+def summary(m: Match) -> tuple[Any, float, float, int]:
+    return (m.work_id, m.start_s, m.end_s, m.n_windows)
+
+
+# ---------------------------------------------------------------------------------------------
+# DetectionTracker, hand-computed
+
+
+def test_one_play_in_the_middle_of_a_stream() -> None:
+    t = DetectionTracker(threshold=0.8, min_windows=2, max_gap_windows=1)
+    other = [H("B", 0.5), H("C", 0.4)]
+    scores = [0.85, 0.9, 0.95, 0.95, 0.9]
+    windows: list[Any] = [other, other]
+    windows += [[H("A", s, version=f"v{i}"), H("B", 0.5)] for i, s in enumerate(scores)]
+    windows += [other, other, other]
+    got = run(t, windows)
+    assert len(got) == 1
+    at, m = got[0]
+    # First support: window 2 (centre 30), previous centre 20 -> start 25. Last support: window 6
+    # (centre 70), next centre 80 -> end 75. Closed by the second miss, window 8.
+    assert at == 8
+    assert summary(m) == ("A", 25.0, 75.0, 5)
+    assert m.score == pytest.approx(np.mean(scores)) and m.peak_score == 0.95
+    assert m.metadata == {"version": "v2"}  # the first window with the peak score
+    assert m.first_window_s == (20.0, 40.0) and m.last_window_s == (60.0, 80.0)
+
+
+def test_play_at_stream_start_and_end_uses_window_extent() -> None:
+    t = DetectionTracker(threshold=0.8)
+    got = run(t, [[H("A", 0.9)]] * 4)
+    assert [(at, summary(m)) for at, m in got] == [(-1, ("A", 0.0, 50.0, 4))]
+
+
+def test_flicker_within_max_gap_is_one_detection_and_splits_without_it() -> None:
+    seq = [[H("A", 0.9)], [H("A", 0.9)], [H("B", 0.95), H("A", 0.9)], [H("A", 0.9)], [H("A", 0.9)]]
+    got = run(DetectionTracker(0.8, min_windows=2, max_gap_windows=1), seq)
+    assert [summary(m) for _, m in got] == [("A", 0.0, 60.0, 4)]
+    got = run(DetectionTracker(0.8, min_windows=2, max_gap_windows=0), seq)
+    # Run 1: windows 0-1, end = mid(centres 20, 30) = 25. Run 2: windows 3-4, start = mid(30, 40) = 35.
+    assert [(at, summary(m)) for at, m in got] == [(2, ("A", 0.0, 25.0, 2)), (-1, ("A", 35.0, 60.0, 2))]
+    # With max_rank=2, A (second, above threshold) keeps its run through window 2; B's single
+    # window never becomes a detection.
+    got = run(DetectionTracker(0.8, min_windows=2, max_gap_windows=0, max_rank=2), seq)
+    assert [summary(m) for _, m in got] == [("A", 0.0, 60.0, 5)]
+
+
+def test_min_windows_and_isolated_supports() -> None:
+    seq = [[H("A", 0.9)], [], [H("A", 0.9)], [], [H("A", 0.9)], []]
+    assert run(DetectionTracker(0.8, min_windows=2, max_gap_windows=0), seq) == []
+    got = run(DetectionTracker(0.8, min_windows=3, max_gap_windows=1), seq)
+    # supports 0, 2, 4; last support 4 (centre 50), window 5 follows (centre 60) -> end 55.
+    assert [summary(m) for _, m in got] == [("A", 0.0, 55.0, 3)]
+    got = run(DetectionTracker(0.8, min_windows=1, max_gap_windows=0), [[], [H("A", 0.9)], []])
+    assert [summary(m) for _, m in got] == [("A", 15.0, 25.0, 1)]
+
+
+def test_switch_from_one_work_to_another() -> None:
+    seq = [[H("A", 0.9), H("B", 0.6)]] * 5 + [[H("B", 0.92), H("A", 0.7)]] * 5
+    got = run(DetectionTracker(0.8), seq)
+    # A: windows 0-4, end = mid(centres 50, 60) = 55, emitted at window 6. B: start 55, end of stream 110.
+    assert [(at, summary(m)) for at, m in got] == [(6, ("A", 0.0, 55.0, 5)), (-1, ("B", 55.0, 110.0, 5))]
+
+
+def test_ties_support_every_tied_work_whatever_the_order() -> None:
+    seq = [[H("A", 0.9), H("B", 0.9), H("C", 0.85)], [H("B", 0.9), H("A", 0.9), H("C", 0.85)]] * 2
+    got = run(DetectionTracker(0.8, max_rank=1), seq)
+    assert sorted(summary(m) for _, m in got) == [("A", 0.0, 50.0, 4), ("B", 0.0, 50.0, 4)]
+    # Emitted by start, then by first appearance: A was listed first in window 0.
+    assert [m.work_id for _, m in got] == ["A", "B"]
+    # A strictly lower second score is not a tie.
+    got = run(DetectionTracker(0.8, max_rank=1), [[H("A", 0.9), H("B", 0.89)]] * 3)
+    assert [m.work_id for _, m in got] == ["A"]
+
+
+def test_two_works_alternating() -> None:
+    seq = [[H("A", 0.9), H("B", 0.7)], [H("B", 0.9), H("A", 0.7)]] * 3
+    got = run(DetectionTracker(0.8, max_gap_windows=1), seq)
+    # A: supports 0, 2, 4 -> start 0, end = mid(50, 60) = 55; B: supports 1, 3, 5 -> start 15, end 70.
+    assert [summary(m) for _, m in got] == [("A", 0.0, 55.0, 3), ("B", 15.0, 70.0, 3)]
+    assert run(DetectionTracker(0.8, max_gap_windows=0), seq) == []
+
+
+def test_silence_closes_and_never_matches() -> None:
+    a = [H("A", 0.9)]
+    seq = [a] * 4 + [SILENT, SILENT] + [a] * 4
+    got = run(DetectionTracker(0.8, max_gap_windows=1), seq)
+    # end = mid(centres 40, 50) = 45; restart start = mid(centres 60, 70) = 65, end of window 9 = 110.
+    assert [(at, summary(m)) for at, m in got] == [(5, ("A", 0.0, 45.0, 4)), (-1, ("A", 65.0, 110.0, 4))]
+    # A silent window ignores any hits it is given.
+    t = DetectionTracker(0.8, min_windows=1)
+    assert t.update(0, 20, [H("A", 0.99)], silent=True) == [] and t.flush() == []
+
+
+def test_below_threshold_and_decision_rule_is_inclusive() -> None:
+    got = run(DetectionTracker(0.8), [[H("A", 0.8)], [H("A", 0.8)], [H("A", 0.7999)]])
+    # score == threshold matches; 0.7999 does not: end = mid(centres 20, 30) = 25.
+    assert [summary(m) for _, m in got] == [("A", 0.0, 25.0, 2)]
+
+
+def test_flush_is_a_break_and_active_reports_open_detections() -> None:
+    t = DetectionTracker(0.8)
+    t.update(0, 20, [H("A", 0.9)])
+    assert t.active() == []  # one window: a candidate, not yet a detection
+    t.update(10, 30, [H("A", 0.95)])
+    (act,) = t.active()
+    assert summary(act) == ("A", 0.0, 30.0, 2)
+    assert t.earliest_pending_s() == 0.0
+    t.update(20, 40, [])
+    (m,) = t.flush()  # e.g. a gap: the window after the last support is known -> midpoint end
+    assert summary(m) == ("A", 0.0, 25.0, 2)
+    # After a flush the next window has no predecessor: a play starts at its start.
+    t.update(100, 120, [H("A", 0.9)])
+    t.update(110, 130, [H("A", 0.9)])
+    assert [summary(m) for m in t.flush()] == [("A", 100.0, 130.0, 2)]
+    assert t.earliest_pending_s() is None
+
+
+def test_bad_input_is_refused() -> None:
+    for bad in [float("nan"), float("inf"), "0.5", None, True]:
+        with pytest.raises(ValueError, match="threshold"):
+            DetectionTracker(bad)  # type: ignore[arg-type]
+    for kw in [{"min_windows": 0}, {"max_gap_windows": -1}, {"max_rank": 0}, {"min_windows": 1.5}]:
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            DetectionTracker(0.5, **kw)  # type: ignore[arg-type]
+    t = DetectionTracker(0.5)
+    with pytest.raises(ValueError, match="start < end"):
+        t.update(10, 10, [])
+    with pytest.raises(ValueError, match="best first"):
+        t.update(0, 20, [H("A", 0.5), H("B", 0.6)])
+    with pytest.raises(ValueError, match="non-finite"):
+        t.update(0, 20, [H("A", float("nan"))])
+    t.update(0, 20, [])
+    with pytest.raises(ValueError, match="increasing start"):
+        t.update(0, 20, [])
+
+
+# ---------------------------------------------------------------------------------------------
+# DetectionTracker against an offline reference on random sequences
+
+
+def offline_reference(
+    windows: list[tuple[float, float]],
+    hits: list[list[Hit] | None],
+    threshold: float,
+    min_windows: int,
+    max_gap: int,
+    max_rank: int,
+) -> list[tuple[int, Match]]:
+    """The same rules computed with the whole sequence in view: per work, runs of supporting
+    windows split where more than max_gap windows in a row do not support it."""
+    n = len(windows)
+    centres = [(s + e) / 2 for s, e in windows]
+    support: list[dict[Any, Hit]] = []
+    created: dict[Any, tuple[int, int]] = {}
+    for hs in hits:
+        sup: dict[Any, Hit] = {}
+        if hs:
+            cut = hs[min(max_rank, len(hs)) - 1].score
+            for h in hs:
+                if h.score >= cut and h.score >= threshold and h.work_id not in sup:
+                    sup[h.work_id] = h
+        support.append(sup)
+    out = []
+    works = list(dict.fromkeys(w for sup in support for w in sup))
+    for w in works:
+        idx = [i for i in range(n) if w in support[i]]
+        runs: list[list[int]] = [[idx[0]]]
+        for a, b in itertools.pairwise(idx):
+            if b - a - 1 > max_gap:
+                runs.append([b])
+            else:
+                runs[-1].append(b)
+        prev_end = -math.inf
+        for r in runs:
+            f, last = r[0], r[-1]
+            created[(w, f)] = (f, list(support[f]).index(w))
+            if len(r) < min_windows:
+                continue
+            start = windows[f][0] if f == 0 else max(windows[f][0], (centres[f - 1] + centres[f]) / 2)
+            start = max(start, prev_end)
+            end = windows[last][1]
+            if last < n - 1:
+                end = min(end, (centres[last] + centres[last + 1]) / 2)
+            end = max(end, start)
+            prev_end = end
+            scores = [support[i][w].score for i in r]
+            peak = max(scores)
+            meta = support[r[scores.index(peak)]][w].metadata
+            closed_at = last + max_gap + 1 if last + max_gap + 1 < n else -1
+            m = Match(w, start, end, sum(scores) / len(scores), peak, len(r), meta, windows[f], windows[last])
+            out.append((closed_at, created[(w, f)], m))
+    out.sort(key=lambda x: (x[0] if x[0] >= 0 else n, x[2].start_s, x[1]))
+    return [(at, m) for at, _, m in out]
+
+
+def test_tracker_equals_offline_reference_on_random_sequences(rng: np.random.Generator) -> None:
+    works: list[str | int] = ["a", "b", "c", 7]
+    levels = [0.3, 0.5, 0.7, 0.8, 0.9]
+    for _ in range(300):
+        n = int(rng.integers(1, 50))
+        length = float(rng.choice([5.0, 20.0]))
+        starts = np.cumsum(rng.choice([1.0, 5.0, 10.0, 25.0], size=n)) - 1.0
+        windows = [(float(s), float(s) + length) for s in starts]
+        hits: list[list[Hit] | None] = []
+        for i in range(n):
+            u = rng.random()
+            if u < 0.1:
+                hits.append(None)  # silent
+                continue
+            chosen = [w for w in works if rng.random() < 0.6] if u > 0.15 else []
+            scored = [(float(rng.choice(levels)), w) for w in chosen]
+            scored.sort(key=lambda x: -x[0])  # stable: ties keep a random order
+            hits.append([Hit(w, s, {"w": str(w), "i": i}) for s, w in scored])
+        params = {
+            "threshold": 0.7,
+            "min_windows": int(rng.integers(1, 4)),
+            "max_gap_windows": int(rng.integers(0, 3)),
+            "max_rank": int(rng.integers(1, 4)),
+        }
+        tracker = DetectionTracker(**params)  # type: ignore[arg-type]
+        got = []
+        for i, (s, e) in enumerate(windows):
+            got += [(i, m) for m in tracker.update(s, e, hits[i] or [], silent=hits[i] is None)]
+        got += [(-1, m) for m in tracker.flush()]
+        expected = offline_reference(
+            windows, hits, 0.7, params["min_windows"], params["max_gap_windows"], params["max_rank"]
+        )
+        assert got == expected, (params, windows, hits)
+        for w in works:  # one work never overlaps itself
+            spans = sorted((m.start_s, m.end_s) for _, m in got if m.work_id == w)
+            assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+            assert all(s <= e for s, e in spans)
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic streams: a plan of pieces (works, other audio, silence); a window's vector mixes the
+# vectors of the pieces it overlaps in proportion to their share of it, so the work filling most
+# of a window wins it, as with a real embedder.
+
+DIM = 96
+THRESHOLD = 0.7
+MODEL = "fake-model@1"
+ORIGIN = "2024-05-01T23:45:00Z"
+
+
+@dataclass
+class Piece:
+    kind: str  # "work", "other" or "silence"
+    work: str | None
+    start: float
+    end: float
+    vector: np.ndarray
+
+
+@dataclass
+class FakeEmbedder:
+    model_id: str = MODEL
+    dim: int = DIM
+    sample_rate: int = 20
+
+
+def unit_rows(rng: np.random.Generator, n: int, d: int = DIM) -> np.ndarray:
+    x = rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def catalog(rng: np.random.Generator, n_works: int = 30, metric: str = "ip") -> tuple[ReferenceIndex, dict]:
+    refs = dict(zip([f"work{i:02d}" for i in range(n_works)], unit_rows(rng, n_works)))
+    index = ReferenceIndex(DIM, dtype="float32", metric=metric, model_id=MODEL)
+    index.add(np.stack(list(refs.values())), list(refs), [{"title": f"Title of {w}"} for w in refs])
+    return index, refs
+
+
+def make_plan(rng: np.random.Generator, refs: dict, duration_s: float, silence: bool = False) -> list[Piece]:
+    works = list(refs)
+    pieces: list[Piece] = []
+    t = 0.0
+    while t < duration_s:
+        prev = pieces[-1] if pieces else None
+        kind = "work" if (prev is not None and prev.kind != "work") or rng.random() < 0.6 else "other"
+        if kind == "other" and silence and rng.random() < 0.3:
+            kind = "silence"
+        if kind == "work":
+            choices = [w for w in works if prev is None or w != prev.work]
+            w = str(rng.choice(choices))
+            n = float(rng.integers(45, 150))
+            pieces.append(Piece("work", w, t, t + n, refs[w]))
+        else:
+            n = float(rng.integers(30, 60))
+            vec = np.zeros(DIM, np.float32) if kind == "silence" else unit_rows(rng, 1)[0]
+            pieces.append(Piece(kind, None, t, t + n, vec))
+        t += n
+    # Boundaries at half seconds: never exactly at a window centre, where two works would tie.
+    for p in pieces:
+        p.start = p.start + 0.5 if p.start else 0.0
+        p.end += 0.5
+    # End on a whole hop so that windows cover the stream to its end.
+    pieces[-1].end = math.ceil(pieces[-1].end / HOP) * HOP
+    return pieces
+
+
+def window_vector(pieces: list[Piece], s: float, e: float) -> tuple[np.ndarray, bool]:
+    v = np.zeros(DIM, np.float64)
+    for p in pieces:
+        overlap = min(e, p.end) - max(s, p.start)
+        if overlap > 0:
+            v += overlap / (e - s) * p.vector
+    norm = np.linalg.norm(v)
+    if norm == 0:
+        return np.zeros(DIM, np.float32), True
+    return (v / norm).astype(np.float32), False
+
+
+def plan_segments(pieces: list[Piece], t0: float = 0.0, t1: float | None = None) -> list[Segment]:
+    end = pieces[-1].end if t1 is None else t1
+    out = []
+    s = t0
+    while s + W <= end + 1e-9:
+        v, silent = window_vector(pieces, s, s + W)
+        out.append(Segment(s, s + W, v, silent))
+        s += HOP
+    return out
+
+
+def check_against_plan(detections: list[Detection], pieces: list[Piece], tol: float = HOP / 2 + 2.0) -> None:
+    """One detection per planned play, each boundary within tol seconds of the truth."""
+    plays = [p for p in pieces if p.kind == "work"]
+    assert len(detections) == len(plays), ([(d.work_id, d.query_offset_s) for d in detections], plays)
+    for d in detections:
+        start = d.query_offset_s
+        end = start + d.played_duration_s
+        p = max(plays, key=lambda p: min(end, p.end) - max(start, p.start) if p.work == d.work_id else -1)
+        assert p.work == d.work_id
+        assert abs(start - p.start) <= tol, (d, p.start, p.end)
+        assert abs(end - p.end) <= tol, (d, p.start, p.end)
+
+
+def in_batches(rng: np.random.Generator, items: list[Any]) -> list[list[Any]]:
+    out, i = [], 0
+    while i < len(items):
+        n = int(rng.integers(1, 8))
+        out.append(items[i : i + n])
+        i += n
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Monitor on segments
+
+
+def test_monitor_detects_planned_plays_with_utc_times_and_day_files(
+    rng: np.random.Generator, tmp_path: Path
+) -> None:
+    index, refs = catalog(rng)
+    pieces = make_plan(rng, refs, 1500)
+    sink = DetectionSink(tmp_path / "out")
+    mon = Monitor(
+        FakeEmbedder(), index, channel="Radio 1/FM", threshold=THRESHOLD, start_utc=ORIGIN, sink=sink
+    )
+    got: list[Detection] = []
+    for batch in in_batches(rng, plan_segments(pieces)):
+        got += mon.process(batch)
+    got += mon.close()
+    check_against_plan(got, pieces)
+    origin = parse_utc(ORIGIN)
+    for d in got:
+        assert d.channel == "Radio 1/FM" and d.model_id == MODEL
+        assert d.start_utc == utc_iso(origin + d.query_offset_s)
+        assert d.played_duration_s == pytest.approx(parse_utc(d.end_utc) - parse_utc(d.start_utc), abs=2e-3)
+        assert d.metadata == {"title": f"Title of {d.work_id}"}
+        assert THRESHOLD <= d.score <= d.peak_score <= 1.0 + 1e-6
+        assert d.n_windows >= 2
+        assert json.loads(d.to_json()) == d.to_dict()
+    # Files: the stream starts at 23:45 UTC and runs past midnight -> two days, percent-encoded channel.
+    sink.close()
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == [
+        "detections-Radio%201%2FFM-20240501.csv",
+        "detections-Radio%201%2FFM-20240501.jsonl",
+        "detections-Radio%201%2FFM-20240502.csv",
+        "detections-Radio%201%2FFM-20240502.jsonl",
+    ]
+    from_files = []
+    for day in (date(2024, 5, 1), date(2024, 5, 2)):
+        records = read_jsonl(sink.path("detections.jsonl", "Radio 1/FM", day))
+        assert records and all(r["start_utc"].startswith(day.isoformat()) for r in records)
+        from_files += [Detection.from_dict(r) for r in records]
+        with open(sink.path("detections.csv", "Radio 1/FM", day), newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert [r["start_utc"] for r in rows] == [r["start_utc"] for r in records]
+        for row, rec in zip(rows, records):
+            assert tuple(row) == CSV_FIELDS
+            assert row["work_id"] == str(rec["work_id"]) and float(row["score"]) == rec["score"]
+            assert json.loads(row["metadata"]) == rec["metadata"]
+    assert from_files == got
+
+
+def test_timing_rule_beats_window_extents(rng: np.random.Generator) -> None:
+    """Boundaries at window-centre midpoints: error within hop/2 (+ mixing noise), unbiased; the
+    naive first-window-start / last-window-end rule is early/late by about (W - hop)/2 more."""
+    index, refs = catalog(rng)
+    ours, extent = [], []
+    for _ in range(3):
+        pieces = make_plan(rng, refs, 1200)
+        tracker = DetectionTracker(THRESHOLD)
+        segs = plan_segments(pieces)
+        ranked = index.search(np.stack([s.vector for s in segs]), 5)
+        matches = []
+        for s, hits in zip(segs, ranked):
+            matches += tracker.update(s.start_s, s.end_s, hits)
+        matches += tracker.flush()
+        plays = {(p.work, p.start): p for p in pieces if p.kind == "work"}
+        for m in matches:
+            same = [p for p in plays.values() if p.work == m.work_id]
+            p = min(same, key=lambda p: abs(p.start - m.start_s))
+            if p.start > 0 and p.end < pieces[-1].end:  # interior plays: both boundaries are transitions
+                ours += [m.start_s - p.start, m.end_s - p.end]
+                extent += [m.first_window_s[0] - p.start, m.last_window_s[1] - p.end]
+    ours_a, extent_a = np.abs(ours), np.abs(extent)
+    assert len(ours) >= 20
+    # Boundaries fall uniformly between window centres: |error| averages hop/4 for our rule and
+    # hop/2 for the extents (starts early, ends late).
+    assert ours_a.max() <= HOP / 2 + 2.0
+    assert ours_a.mean() < 0.75 * extent_a.mean()
+    assert abs(np.mean(ours)) < 1.5 < abs(np.mean(extent[0::2]))
+
+
+def test_gap_closes_detections_and_shifts_utc_whichever_clock_the_source_keeps(
+    rng: np.random.Generator, tmp_path: Path
+) -> None:
+    index, refs = catalog(rng)
+    pieces = [
+        Piece("work", "work01", 0, 103, refs["work01"]),
+        Piece("work", "work02", 103, 300, refs["work02"]),
+    ]
+    segs = plan_segments(pieces)
+    before = [s for s in segs if s.end_s <= 150]
+    after = [s for s in segs if s.start_s >= 150]
+    origin = parse_utc("2024-03-01T10:00:00Z")
+    for source_clock_skips_gap in (False, True):
+        sink = DetectionSink(tmp_path / f"out{source_clock_skips_gap}")
+        mon = Monitor(None, index, channel="c", threshold=THRESHOLD, start_utc=origin, sink=sink)
+        got = mon.process(before)
+        got += mon.feed(GapLike(150.0, 42.5, "reconnect"))
+        shift = 42.5 if source_clock_skips_gap else 0.0
+        got += mon.process([s._replace(start_s=s.start_s + shift, end_s=s.end_s + shift) for s in after])
+        got += mon.close()
+        assert [(d.work_id, d.query_offset_s) for d in got] == [
+            ("work01", 0.0),
+            ("work02", 105.0),  # window [90, 110] is mostly work01, [100, 120] mostly work02
+            ("work02", 150.0 + shift),
+        ]
+        # The detection before the gap ends at its last window (no window after it was seen).
+        assert got[1].end_utc == utc_iso(origin + 150)
+        # After the gap, UTC = the gap's end + audio time since, whatever the stream seconds say.
+        assert got[2].start_utc == utc_iso(origin + 150 + 42.5)
+        assert got[2].end_utc == utc_iso(origin + 300 + 42.5)
+        (gap,) = read_jsonl(sink.path("gaps.jsonl", "c", date(2024, 3, 1)))
+        assert gap == {
+            "channel": "c",
+            "start_utc": utc_iso(origin + 150),
+            "end_utc": utc_iso(origin + 192.5),
+            "duration_s": 42.5,
+            "stream_offset_s": 150.0,
+            "reason": "reconnect",
+        }
+        assert mon.gaps_recorded == 1 and mon.detections_emitted == 3
+
+
+@dataclass
+class GapLike:
+    start_s: float | None
+    duration_s: float
+    reason: str
+
+
+class CountingIndex:
+    """Wraps a ReferenceIndex, counting the query rows searched."""
+
+    def __init__(self, index: ReferenceIndex) -> None:
+        self.index, self.rows, self.calls = index, 0, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.index, name)
+
+    def search(self, queries: np.ndarray, k: int = 10, **kw: Any) -> list[list[Hit]]:
+        self.rows += len(queries)
+        self.calls += 1
+        return self.index.search(queries, k, **kw)
+
+
+def test_silent_windows_are_not_searched_and_never_match(rng: np.random.Generator) -> None:
+    index, refs = catalog(rng)
+    counting = CountingIndex(index)
+    mon = Monitor(FakeEmbedder(), counting, channel="c", threshold=THRESHOLD)
+    v = refs["work03"]
+    segs = [
+        Segment(0, 20, v),
+        Segment(10, 30, v),
+        Segment(20, 40, v, True),  # flagged silent (its vector is ignored)
+        Segment(30, 50, np.zeros(DIM, np.float32)),  # zero vector: silent too
+        Segment(40, 60, v),
+        Segment(50, 70, v),
+    ]
+    got = mon.process(segs) + mon.close()
+    assert counting.rows == 4 and counting.calls == 1  # one batched search, silent rows left out
+    assert [(d.work_id, d.query_offset_s, d.played_duration_s) for d in got] == [
+        ("work03", 0.0, 25.0),
+        ("work03", 45.0, 25.0),
+    ]
+
+
+def test_model_mismatch_is_refused_at_construction(rng: np.random.Generator) -> None:
+    index, _ = catalog(rng)
+    with pytest.raises(IndexModelMismatchError, match=r"fake-model@1 \(dim 96\), this embedder is other"):
+        Monitor(FakeEmbedder(model_id="other"), index, channel="c", threshold=0.5)
+    with pytest.raises(IndexModelMismatchError, match=r"dim 64"):
+        Monitor(FakeEmbedder(dim=64), index, channel="c", threshold=0.5)
+    # With precomputed segments only, the model is the index's.
+    assert Monitor(None, index, channel="c", threshold=0.5).model_id == MODEL
+
+
+def test_l2_index_gives_the_same_detections(rng: np.random.Generator) -> None:
+    seed = int(rng.integers(1 << 31))
+    runs = []
+    for metric in ("ip", "l2"):
+        r = np.random.default_rng(seed)
+        index, refs = catalog(r, metric=metric)
+        pieces = make_plan(r, refs, 900)
+        mon = Monitor(None, index, channel="c", threshold=THRESHOLD, start_utc=0)
+        runs.append(mon.process(plan_segments(pieces)) + mon.close())
+    check_against_plan(runs[0], pieces)
+    assert [(d.work_id, d.start_utc, d.end_utc) for d in runs[0]] == [
+        (d.work_id, d.start_utc, d.end_utc) for d in runs[1]
+    ]
+    for a, b in zip(*runs):
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+
+
+def test_bad_segments_and_closed_monitor(rng: np.random.Generator) -> None:
+    index, refs = catalog(rng)
+    mon = Monitor(None, index, channel="c", threshold=THRESHOLD)
+    with pytest.raises(ValueError, match=r"window at 0.000 s: vector must be float \[96\]"):
+        mon.process([Segment(0, 20, np.zeros(5, np.float32))])
+    bad = refs["work00"].copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        mon.process([Segment(0, 20, bad)])
+    mon.process([Segment(10, 30, refs["work00"])])
+    with pytest.raises(ValueError, match="increasing start"):
+        mon.process([Segment(5, 25, refs["work00"])])
+    with pytest.raises(ValueError, match="no embedder"):
+        mon.feed(np.zeros(100, np.float32))
+    with pytest.raises(ValueError, match="duration"):
+        mon.on_gap(GapLike(1.0, float("nan"), "x"))
+    mon.close()
+    assert mon.close() == []
+    with pytest.raises(RuntimeError, match="closed"):
+        mon.process([Segment(100, 120, refs["work00"])])
+    for bad_args, what in [({"channel": ""}, "channel"), ({"channel": "c", "k": 0}, "k must")]:
+        with pytest.raises(ValueError, match=what):
+            Monitor(None, index, **{"threshold": 0.5, **bad_args})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="time zone"):
+        Monitor(None, index, channel="c", threshold=0.5, start_utc="2024-01-01T00:00:00")
+
+
+def test_sixteen_monitors_in_sixteen_threads_share_index_and_sink(
+    rng: np.random.Generator, tmp_path: Path
+) -> None:
+    index, refs = catalog(rng)
+    plans = [make_plan(rng, refs, 900) for _ in range(16)]
+    segs = [plan_segments(p) for p in plans]
+
+    def one(i: int, sink: DetectionSink | None, out: list[list[Detection]]) -> None:
+        mon = Monitor(
+            FakeEmbedder(),
+            index,
+            channel=f"ch{i}",
+            threshold=THRESHOLD,
+            start_utc=ORIGIN,
+            sink=sink,
+            search_threads=1,
+        )
+        for j in range(0, len(segs[i]), 3):
+            out[i] += mon.process(segs[i][j : j + 3])
+        out[i] += mon.close()
+
+    sequential: list[list[Detection]] = [[] for _ in plans]
+    for i in range(16):
+        one(i, None, sequential)
+    sink = DetectionSink(tmp_path / "out", csv=True)
+    threaded: list[list[Detection]] = [[] for _ in plans]
+    errors: list[BaseException] = []
+
+    def guarded(i: int) -> None:
+        try:
+            one(i, sink, threaded)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sink.close()
+    assert not errors
+    assert threaded == sequential
+    for i, plan in enumerate(plans):
+        check_against_plan(threaded[i], plan)
+        on_disk = [
+            Detection.from_dict(r)
+            for day in (date(2024, 5, 1), date(2024, 5, 2))
+            for r in read_jsonl(sink.path("detections.jsonl", f"ch{i}", day))
+        ]
+        assert on_disk == threaded[i]
+
+
+# ---------------------------------------------------------------------------------------------
+# Monitor on audio (a windowing stream stands in for the StreamingEmbedder: the audio's samples
+# are piece numbers, each window's vector mixes the pieces it holds)
+
+SR = 20
+
+
+class FakeStream:
+    """``push(samples) -> segments`` / ``flush()``, times counted from its first sample."""
+
+    def __init__(self, pieces: list[Piece]) -> None:
+        self.pieces = pieces
+        self.buf = np.zeros(0, np.float32)
+        self.dropped = 0  # samples trimmed from the front of buf
+        self.next = 0  # next window number
+        self.win, self.hop = int(W * SR), int(HOP * SR)
+
+    def push(self, samples: np.ndarray) -> list[Segment]:
+        self.buf = np.concatenate([self.buf, np.asarray(samples, np.float32)])
+        out = []
+        while self.next * self.hop + self.win <= self.dropped + len(self.buf):
+            a = self.next * self.hop - self.dropped
+            counts = np.bincount(self.buf[a : a + self.win].astype(np.int64), minlength=len(self.pieces) + 1)
+            v = np.zeros(DIM)
+            for k in np.flatnonzero(counts):
+                v += (counts[k] / self.win) * self.pieces[k - 1].vector
+            norm = float(np.linalg.norm(v))
+            s = self.next * HOP
+            if norm == 0:
+                out.append(Segment(s, s + W, np.zeros(DIM, np.float32), True))
+            else:
+                out.append(Segment(s, s + W, (v / norm).astype(np.float32)))
+            self.next += 1
+        keep_from = self.next * self.hop - self.dropped
+        self.buf, self.dropped = self.buf[keep_from:], self.dropped + keep_from
+        return out
+
+    def flush(self) -> list[Segment]:
+        return []
+
+
+def plan_audio(pieces: list[Piece], t0: float, t1: float) -> np.ndarray:
+    """Samples of [t0, t1): the number (1-based) of the piece playing at each sample."""
+    t = t0 + np.arange(round((t1 - t0) * SR)) / SR
+    ends = np.array([p.end for p in pieces])
+    return (np.searchsorted(ends, t, side="right") + 1).astype(np.float32)
+
+
+@dataclass
+class ChunkLike:
+    samples: np.ndarray
+    start_s: float | None
+    wall_utc: Any = None
+
+
+def chunks_of(
+    rng: np.random.Generator, audio: np.ndarray, t0: float, wall: Callable[[float], Any] | None = None
+) -> list[ChunkLike]:
+    out, i = [], 0
+    while i < len(audio):
+        n = int(rng.integers(1, 700))
+        t = t0 + i / SR
+        out.append(ChunkLike(audio[i : i + n], t, None if wall is None else wall(t)))
+        i += n
+    return out
+
+
+def audio_monitor(pieces: list[Piece], index: ReferenceIndex, **kw: Any) -> Monitor:
+    return Monitor(
+        FakeEmbedder(sample_rate=SR),
+        index,
+        channel=kw.pop("channel", "c"),
+        threshold=THRESHOLD,
+        start_utc=kw.pop("start_utc", ORIGIN),
+        stream_factory=lambda: FakeStream(pieces),
+        **kw,
+    )
+
+
+def key(ds: list[Detection]) -> list[tuple[Any, str, str]]:
+    return [(d.work_id, d.start_utc, d.end_utc) for d in ds]
+
+
+def test_audio_in_any_chunking_gives_the_segment_detections(rng: np.random.Generator) -> None:
+    index, refs = catalog(rng)
+    pieces = make_plan(rng, refs, 900, silence=True)
+    end = pieces[-1].end
+    audio = plan_audio(pieces, 0, end)
+    reference = Monitor(None, index, channel="c", threshold=THRESHOLD, start_utc=ORIGIN)
+    expected = reference.process(plan_segments(pieces)) + reference.close()
+    assert expected
+    for as_arrays in (False, True):
+        mon = audio_monitor(pieces, index)
+        got = []
+        for c in chunks_of(rng, audio, 0.0):
+            got += mon.feed(c.samples if as_arrays else c)  # bare arrays continue the stream
+        got += mon.close()
+        assert key(got) == key(expected)
+        assert mon.position_s == pytest.approx(end)
+
+
+@pytest.mark.parametrize("explicit_gap", [True, False])
+def test_audio_gaps_explicit_or_from_a_jump_in_chunk_times(
+    rng: np.random.Generator, tmp_path: Path, explicit_gap: bool
+) -> None:
+    index, refs = catalog(rng)
+    pieces = [Piece("work", "work05", 0, 400, refs["work05"])]
+    sink = DetectionSink(tmp_path)
+    mon = audio_monitor(pieces, index, sink=sink, start_utc="2024-06-01T00:00:00Z")
+    got = []
+    for c in chunks_of(rng, plan_audio(pieces, 0, 150), 0.0):
+        got += mon.feed(c)
+    if explicit_gap:
+        # A reconnect: 25 s of wall time lost; the source's stream clock continues at 150 s.
+        got += mon.feed(GapLike(None, 25.0, "reconnect"))
+        after = chunks_of(rng, plan_audio(pieces, 175, 400), 150.0)
+    else:
+        # The source's stream clock jumps by 25 s with no gap event.
+        after = chunks_of(rng, plan_audio(pieces, 175, 400), 175.0)
+    for c in after:
+        got += mon.feed(c)
+    got += mon.close()
+    origin = parse_utc("2024-06-01T00:00:00Z")
+    assert [(d.start_utc, d.end_utc) for d in got] == [
+        (utc_iso(origin), utc_iso(origin + 150)),
+        (utc_iso(origin + 175), utc_iso(origin + 175 + 220)),  # windows fit in 225 s: 21 of them
+    ]
+    (gap,) = read_jsonl(sink.path("gaps.jsonl", "c", date(2024, 6, 1)))
+    assert gap["start_utc"] == utc_iso(origin + 150) and gap["end_utc"] == utc_iso(origin + 175)
+    assert gap["reason"] == ("reconnect" if explicit_gap else "discontinuity")
+
+
+def test_wall_clock_stamps_correct_sample_clock_drift(rng: np.random.Generator) -> None:
+    index, refs = catalog(rng)
+    pieces = make_plan(rng, refs, 1200)
+    origin = parse_utc(ORIGIN)
+
+    def wall(t: float) -> float:  # the source's samples run 1% slow against UTC
+        return origin + 1.01 * t
+
+    audio = plan_audio(pieces, 0, pieces[-1].end)
+    mon = audio_monitor(pieces, index, clock_tolerance_s=1.0)
+    got = []
+    for c in chunks_of(rng, audio, 0.0, wall):
+        got += mon.feed(c)
+    got += mon.close()
+    # Re-anchored at chunk starts once off by more than 1 s; chunks last up to 35 s (0.35 s drift).
+    bound = 1.0 + 0.01 * 700 / SR + 2e-3
+    check_against_plan(got, pieces, tol=HOP / 2 + 2.0 + bound)  # durations are wall-clock seconds
+    worst_unanchored = 0.0
+    for d in got:
+        t0 = d.query_offset_s
+        assert abs(parse_utc(d.start_utc) - wall(t0)) <= bound
+        worst_unanchored = max(worst_unanchored, abs((origin + t0) - wall(t0)))
+    assert worst_unanchored > 3.0  # without the stamps the report would be this far off
+
+
+def test_stream_clock_going_backwards_restarts_tracking(
+    rng: np.random.Generator, caplog: pytest.LogCaptureFixture
+) -> None:
+    index, refs = catalog(rng)
+    pieces = [
+        Piece("work", "work01", 0, 200, refs["work01"]),
+        Piece("work", "work02", 200, 400, refs["work02"]),
+    ]
+    mon = audio_monitor(pieces, index, start_utc=0)
+    got = []
+    for c in chunks_of(rng, plan_audio(pieces, 0, 200), 0.0):
+        got += mon.feed(c)
+    with caplog.at_level("WARNING", logger="csi_runtime.monitor"):
+        # The source restarted and counts from 0 again; the audio goes on (work02).
+        for c in chunks_of(rng, plan_audio(pieces, 200, 400), 0.0):
+            got += mon.feed(c)
+    got += mon.close()
+    assert any("goes back" in r.getMessage() for r in caplog.records)
+    assert [(d.work_id, d.query_offset_s, d.start_utc, d.end_utc) for d in got] == [
+        ("work01", 0.0, utc_iso(0), utc_iso(200)),
+        ("work02", 0.0, utc_iso(200), utc_iso(400)),
+    ]
+
+
+def test_run_monitor_drives_a_source_and_closes_on_failure(rng: np.random.Generator, tmp_path: Path) -> None:
+    index, refs = catalog(rng)
+    pieces = [Piece("work", "work07", 0, 300, refs["work07"])]
+    events: list[Any] = chunks_of(rng, plan_audio(pieces, 0, 120), 0.0)
+    events.append(GapLike(120.0, 10.0, "dropout"))
+    events += chunks_of(rng, plan_audio(pieces, 130, 300), 120.0)
+    seen = []
+    mon = audio_monitor(pieces, index, sink=DetectionSink(tmp_path / "a"))
+    summary = run_monitor(events, mon, progress=lambda m: seen.append(m.position_s))
+    assert (summary.detections, summary.gaps) == (2, 1)
+    assert summary.stream_s == pytest.approx(290.0)
+    assert len(seen) == len(events) and seen == sorted(seen)
+    with pytest.raises(RuntimeError, match="closed"):
+        mon.feed(events[0])
+
+    before_gap = next(i for i, e in enumerate(events) if isinstance(e, GapLike))
+
+    def failing() -> Any:
+        yield from events[:before_gap]
+        raise OSError("stream died")
+
+    sink = DetectionSink(tmp_path / "b")
+    mon = audio_monitor(pieces, index, sink=sink, start_utc="2024-01-01T00:00:00Z")
+    with pytest.raises(OSError, match="stream died"):
+        run_monitor(failing(), mon)
+    # The play open when the source died was closed and written.
+    (rec,) = read_jsonl(sink.path("detections.jsonl", "c", date(2024, 1, 1)))
+    assert rec["work_id"] == "work07" and rec["query_offset_s"] == 0.0
+
+
+def test_stream_clock_pieces() -> None:
+    clock = StreamClock(1000.0)
+    assert clock.utc(5.0) == 1005.0
+    clock.set_from(100.0, 1010.0)
+    assert clock.utc(99.0) == 1099.0 and clock.utc(100.0) == 1110.0
+    clock.set_from(50.0, 1020.0)  # replaces later pieces
+    assert clock.utc(100.0) == 1120.0 and clock.utc(10.0) == 1010.0
+    clock.prune(60.0)
+    assert clock.utc(70.0) == 1090.0
+    clock.reset(0.0, 5000.0)
+    assert clock.utc(0.0) == 5000.0 and clock.utc(-10.0) == 4990.0
+    assert parse_utc(datetime(2024, 1, 1, tzinfo=UTC)) == parse_utc("2024-01-01T00:00:00Z") == 1704067200.0
+    assert utc_iso(1704067200.0006) == "2024-01-01T00:00:00.001Z"
+    assert utc_iso(1704067199.9996) == "2024-01-01T00:00:00.000Z"
+    for bad in ["yesterday", float("nan"), object()]:
+        with pytest.raises((ValueError, TypeError)):
+            parse_utc(bad)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sink: durability, reopening, day files, plots
+
+
+def detection(
+    start: str, end: str, work: str | int = "w1", channel: str = "c", score: float = 0.9
+) -> Detection:
+    u0, u1 = parse_utc(start), parse_utc(end)
+    return Detection(
+        channel=channel,
+        start_utc=utc_iso(u0),
+        end_utc=utc_iso(u1),
+        played_duration_s=round(u1 - u0, 3),
+        query_offset_s=0.0,
+        work_id=work,
+        score=score,
+        peak_score=score,
+        metadata={"title": 'Ça va, "quoted", with,commas'},
+        model_id=MODEL,
+        n_windows=3,
+    )
+
+
+def gap_record(start: str, seconds: float, channel: str = "c") -> GapRecord:
+    u0 = parse_utc(start)
+    return GapRecord(channel, utc_iso(u0), utc_iso(u0 + seconds), seconds, 0.0, "dropout")
+
+
+KILL_CHILD = """
+import sys
+import numpy as np
+from csi_runtime import ReferenceIndex
+from csi_runtime.monitor import DetectionSink, Monitor, Segment
+
+d = 16
+refs = np.random.default_rng(0).standard_normal((4, d))
+refs = (refs / np.linalg.norm(refs, axis=1, keepdims=True)).astype(np.float32)
+index = ReferenceIndex(d, dtype="float32")
+index.add(refs, ["a", "b", "c", 4])
+mon = Monitor(None, index, channel="kill", threshold=0.9, start_utc=0, sink=DetectionSink(sys.argv[1]),
+              search_threads=1)
+t, i = 0.0, 0
+while True:  # each work for 3 windows, then 2 silent windows that close its detection
+    segs = [Segment(t + 10 * j, t + 10 * j + 20, refs[i % 4]) for j in range(3)]
+    segs += [Segment(t + 30 + 10 * j, t + 50 + 10 * j, np.zeros(d, np.float32)) for j in range(2)]
+    for det in mon.process(segs):
+        print(det.to_json(), flush=True)  # after the sink returned
+    t, i = t + 50, i + 1
+"""
+
+
+def test_killed_monitor_loses_no_emitted_detection(tmp_path: Path) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(KILL_CHILD)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    emitted: list[str] = []
+    try:
+        assert proc.stdout is not None
+        while len(emitted) < 25:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            emitted.append(line.rstrip("\n"))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(emitted) == 25, err
+    jsonl = out / "detections-kill-19700101.jsonl"
+    lines = jsonl.read_bytes().split(b"\n")
+    complete = [ln.decode() for ln in lines[:-1]]  # the part after the last newline may be cut short
+    assert complete[: len(emitted)] == emitted  # every emitted detection is on disk, in order
+    assert all(json.loads(ln)["channel"] == "kill" for ln in complete)
+    with open(out / "detections-kill-19700101.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert tuple(rows[0]) == CSV_FIELDS
+    emitted_starts = [json.loads(e)["start_utc"] for e in emitted]
+    assert [r[1] for r in rows[1 : 1 + len(emitted)]] == emitted_starts
+    # A new sink continues the files cleanly (a partial last line, if any, is cut off).
+    with DetectionSink(out) as sink:
+        sink.write(detection("1970-01-01T23:00:00Z", "1970-01-01T23:03:00Z", channel="kill"))
+    records = read_jsonl(jsonl)
+    assert [
+        json.dumps(r, separators=(",", ":"), ensure_ascii=False) for r in records[: len(emitted)]
+    ] == emitted
+    assert records[-1]["start_utc"] == "1970-01-01T23:00:00.000Z"
+    assert jsonl.read_bytes().endswith(b"\n")
+
+
+def test_reopening_cuts_a_partial_line_and_checks_the_csv_header(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    d1 = detection("2024-02-29T10:00:00Z", "2024-02-29T10:03:00Z", work=17)
+    d2 = detection("2024-02-29T11:00:00Z", "2024-02-29T11:04:30.250Z", work="w2")
+    with DetectionSink(tmp_path) as sink:
+        sink.write(d1)
+    jsonl = sink.path("detections.jsonl", "c", date(2024, 2, 29))
+    csv_path = sink.path("detections.csv", "c", date(2024, 2, 29))
+    with open(jsonl, "ab") as fh:
+        fh.write(b'{"channel":"c","start_u')
+    with open(csv_path, "ab") as fh:
+        fh.write(b"c,2024-02-29T1")
+    with caplog.at_level("WARNING", logger="csi_runtime.monitor"), DetectionSink(tmp_path) as sink:
+        sink.write(d2)
+    assert sum("partial last line" in r.getMessage() for r in caplog.records) == 2
+    assert [Detection.from_dict(r) for r in read_jsonl(jsonl)] == [d1, d2]
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["work_id"], r["end_utc"], json.loads(r["metadata"])) for r in rows] == [
+        ("17", d1.end_utc, d1.metadata),
+        ("w2", "2024-02-29T11:04:30.250Z", d2.metadata),
+    ]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "detections-c-20240229.csv").write_text("a,b,c\n")
+    with DetectionSink(other) as sink, pytest.raises(ValueError, match="other columns"):
+        sink.write(d1)
+    with pytest.raises(NotADirectoryError):
+        DetectionSink(other / "detections-c-20240229.csv")
+
+
+def test_day_rollover_opens_new_files_and_plots_finished_days(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    sink = DetectionSink(tmp_path, plots=True)
+    day1, day2 = date(2024, 12, 31), date(2025, 1, 1)
+    sink.write(detection("2024-12-31T02:00:00Z", "2024-12-31T04:00:00Z", work="early"))
+    sink.write_gap(gap_record("2024-12-31T10:00:00Z", 1800))
+    sink.write(detection("2024-12-31T20:00:00Z", "2024-12-31T22:00:00Z", work="late"))
+    sink.write(detection("2024-12-31T23:58:00Z", "2025-01-01T00:02:00Z", work="midnight"))  # day of start
+    assert not sink.path("timeline.png", "c", day1).exists()
+    sink.write(detection("2025-01-01T00:10:00Z", "2025-01-01T00:13:00Z", work="new year"))
+    png1 = sink.path("timeline.png", "c", day1)
+    assert png1.exists()  # the rollover finished day 1
+    assert [r["work_id"] for r in read_jsonl(sink.path("detections.jsonl", "c", day1))] == [
+        "early",
+        "late",
+        "midnight",
+    ]
+    assert [r["work_id"] for r in read_jsonl(sink.path("detections.jsonl", "c", day2))] == ["new year"]
+    assert len(read_jsonl(sink.path("gaps.jsonl", "c", day1))) == 1
+    sink.close()
+    assert sink.path("timeline.png", "c", day2).exists()
+    assert png1.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = matplotlib.image.imread(png1)
+    assert img.ndim == 3 and img.shape[0] > 150 and img.shape[1] > 1000
+    # All bars have the same colour (equal scores); find its pixel columns in the bar lane: the
+    # bars at 02-04 h and 20-22 h must sit 18 bar-widths apart (the colour bar lies beyond 24 h).
+    rgb = img[..., :3]
+    bar = np.array(matplotlib.colormaps["viridis"](0.0)[:3])
+    cols = np.flatnonzero((np.abs(rgb - bar).sum(axis=2) < 0.05).sum(axis=0) > 5)
+    runs = np.split(cols, np.flatnonzero(np.diff(cols) > 1) + 1)
+    (a0, a1), (b0, _) = (runs[0][0], runs[0][-1]), (runs[1][0], runs[1][-1])
+    assert (b0 - a0) / (a1 - a0 + 1) == pytest.approx(9.0, rel=0.05)
+
+
+def test_plot_timeline_of_an_empty_day_and_many_overlaps(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = plot_timeline([], [], tmp_path / "empty.png", channel="c", day=date(2024, 1, 1))
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    many = [detection(f"2024-01-01T10:{m:02d}:00Z", "2024-01-01T11:00:00Z", work=f"w{m}") for m in range(30)]
+    out = plot_timeline(
+        many,
+        [gap_record("2024-01-01T12:00:00Z", 60)],
+        tmp_path / "many.png",
+        channel="c",
+        day=date(2024, 1, 1),
+    )
+    assert out.stat().st_size > 1000
+
+
+def test_sink_is_safe_for_many_threads(tmp_path: Path) -> None:
+    sink = DetectionSink(tmp_path, fsync=False)
+    per_thread = 50
+
+    def writer(k: int) -> None:
+        for i in range(per_thread):
+            sink.write(
+                detection(
+                    f"2024-01-01T{k:02d}:{i // 60:02d}:{i % 60:02d}Z",
+                    "2024-01-01T23:00:00Z",
+                    work=i,
+                    channel=f"ch{k % 4}",
+                )
+            )
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sink.close()
+    for ch in range(4):
+        records = read_jsonl(sink.path("detections.jsonl", f"ch{ch}", date(2024, 1, 1)))
+        assert len(records) == 2 * per_thread
+        with open(sink.path("detections.csv", f"ch{ch}", date(2024, 1, 1)), newline="") as fh:
+            assert len(list(csv.DictReader(fh))) == 2 * per_thread
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def test_metrics_need_prometheus_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    from csi_runtime.metrics import MonitorMetrics, start_http_server
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import fails
+    with pytest.raises(ImportError, match="pip install prometheus-client"):
+        MonitorMetrics()
+    with pytest.raises(ImportError, match="prometheus_client"):
+        start_http_server(0)
+
+
+def test_metrics_count_what_monitors_do(rng: np.random.Generator) -> None:
+    prom = pytest.importorskip("prometheus_client")
+    from csi_runtime.metrics import MonitorMetrics, start_http_server
+
+    registry = prom.CollectorRegistry()
+    metrics = MonitorMetrics(registry)
+
+    def value(name: str, channel: str | None = None) -> float | None:
+        return registry.get_sample_value(name, {} if channel is None else {"channel": channel})
+
+    index, refs = catalog(rng)
+    pieces = make_plan(rng, refs, 600)
+    segs = plan_segments(pieces)
+    a = Monitor(None, index, channel="a", threshold=THRESHOLD, metrics=metrics)
+    b = Monitor(None, index, channel="b", threshold=THRESHOLD, metrics=metrics)
+    assert value("csi_monitor_streams") == 2
+    got = a.process(segs[:30]) + a.on_gap(GapLike(None, 5.0, "dropout")) + a.process(segs[30:]) + a.close()
+    assert value("csi_monitor_streams") == 1
+    assert value("csi_monitor_detections_total", "a") == len(got) > 0
+    assert value("csi_monitor_gaps_total", "a") == 1
+    assert value("csi_monitor_windows_total", "a") == len(segs)
+    lag = value("csi_monitor_lag_seconds", "a")
+    assert lag is not None and math.isfinite(lag)
+    with pytest.raises(ValueError, match="vector"):
+        b.process([Segment(0, 20, np.zeros(3, np.float32))])
+    assert value("csi_monitor_errors_total", "b") == 1
+    b.close()
+    assert value("csi_monitor_streams") == 0
+    server = start_http_server(0, addr="127.0.0.1", registry=registry)
+    if isinstance(server, tuple):  # prometheus_client >= 0.20 returns (server, thread)
+        import urllib.request
+
+        httpd = server[0]
+        try:
+            port = httpd.server_address[1]
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            assert 'csi_monitor_detections_total{channel="a"}' in body
+        finally:
+            httpd.shutdown()

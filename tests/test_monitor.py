@@ -626,7 +626,12 @@ def test_bad_segments_and_closed_monitor(rng: np.random.Generator) -> None:
     assert mon.close() == []
     with pytest.raises(RuntimeError, match="closed"):
         mon.process([Segment(100, 120, refs["work00"])])
-    for bad_args, what in [({"channel": ""}, "channel"), ({"channel": "c", "k": 0}, "k must")]:
+    for bad_args, what in [
+        ({"channel": ""}, "channel"),
+        ({"channel": "c", "k": 0}, "k must"),
+        ({"channel": "c", "k": 2, "max_rank": 3}, "at least max_rank"),
+        ({"channel": "c", "clock_tolerance_s": -1.0}, "clock_tolerance_s"),
+    ]:
         with pytest.raises(ValueError, match=what):
             Monitor(None, index, **{"threshold": 0.5, **bad_args})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="time zone"):
@@ -842,6 +847,23 @@ def test_wall_clock_stamps_correct_sample_clock_drift(rng: np.random.Generator) 
     assert worst_unanchored > 3.0  # without the stamps the report would be this far off
 
 
+def test_six_hours_of_stream_keep_the_state_bounded(rng: np.random.Generator) -> None:
+    index, refs = catalog(rng)
+    pieces = make_plan(rng, refs, 6 * 3600)
+    origin = parse_utc(ORIGIN)
+    mon = audio_monitor(pieces, index, clock_tolerance_s=0.5, search_threads=1)
+    got, sizes = [], []
+    for c in chunks_of(rng, plan_audio(pieces, 0, pieces[-1].end), 0.0, lambda t: origin + 1.002 * t):
+        got += mon.feed(c)
+        tracker = mon.tracker
+        sizes.append((len(mon._clock._points), len(tracker._tracks), len(tracker._last_end_of)))
+    got += mon.close()
+    check_against_plan(got, pieces, tol=HOP / 2 + 2.5)
+    assert mon._clock._points[0][0] > 5 * 3600  # re-anchored about every 250 s, old anchors dropped
+    assert max(p for p, _, _ in sizes) <= 4
+    assert max(t for _, t, _ in sizes) <= 3 and max(e for _, _, e in sizes) <= 3
+
+
 def test_stream_clock_going_backwards_restarts_tracking(
     rng: np.random.Generator, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -894,6 +916,29 @@ def test_run_monitor_drives_a_source_and_closes_on_failure(rng: np.random.Genera
     # The play open when the source died was closed and written.
     (rec,) = read_jsonl(sink.path("detections.jsonl", "c", date(2024, 1, 1)))
     assert rec["work_id"] == "work07" and rec["query_offset_s"] == 0.0
+
+
+def test_audio_input_checks(rng: np.random.Generator) -> None:
+    index, refs = catalog(rng)
+    pieces = [Piece("work", "work01", 0, 100, refs["work01"])]
+    mon = audio_monitor(pieces, index)
+    assert mon.feed([]) == []  # an empty batch of segments
+    with pytest.raises(ValueError, match="chunk is at 44100 Hz, the embedder expects 20 Hz"):
+        mon.feed(RatedChunk(np.zeros(10, np.float32), 0.0, 44100))
+    with pytest.raises(ValueError, match=r"\[n\] or \[n, channels\]"):
+        mon.feed(np.zeros((2, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="finite"):
+        mon.push_audio(np.zeros(10, np.float32), start_s=float("nan"))
+    assert mon.feed(RatedChunk(plan_audio(pieces, 0, 100), 0.0, SR)) == []
+    (d,) = mon.close()
+    assert (d.work_id, d.query_offset_s, d.played_duration_s) == ("work01", 0.0, 100.0)
+
+
+@dataclass
+class RatedChunk:
+    samples: np.ndarray
+    start_s: float
+    sample_rate: int
 
 
 def test_stream_clock_pieces() -> None:

@@ -520,7 +520,8 @@ class Monitor:
             than ``clock_tolerance_s``.
         sink: receives each detection and gap as it is made (e.g. :class:`DetectionSink`).
         metrics: a ``csi_runtime.metrics.MonitorMetrics``.
-        search_device, search_threads: passed to ``ReferenceIndex.search``.
+        search_device, search_threads: passed to ``ReferenceIndex.search``; with many monitors
+            in one process, ``search_threads=1`` avoids oversubscribing the cores.
         stream_factory: builds the windowing stream (default
             ``StreamingEmbedder(embedder, window_s, hop_s)``); it must offer ``push(samples) ->
             segments`` and ``flush() -> segments``, with times counted from its first sample.
@@ -565,6 +566,10 @@ class Monitor:
             max_rank=max_rank,
         )
         self._tracker = self._new_tracker()
+        if k < max_rank:
+            raise ValueError(f"k ({k}) must be at least max_rank ({max_rank})")
+        if not (math.isfinite(clock_tolerance_s) and clock_tolerance_s >= 0):
+            raise ValueError(f"clock_tolerance_s must be finite and >= 0 (got {clock_tolerance_s})")
         if embedder is not None:
             index.check_model(embedder.model_id, int(embedder.dim))
             self.model_id: str | None = embedder.model_id
@@ -622,9 +627,14 @@ class Monitor:
             return self.on_gap(item)
         if _is_segment(item):
             return self.process([item])
-        if isinstance(item, (list, tuple)) and item and all(_is_segment(s) for s in item):
+        if isinstance(item, (list, tuple)) and all(_is_segment(s) for s in item):  # [] included
             return self.process(item)
         if hasattr(item, "samples"):
+            rate = getattr(item, "sample_rate", None)
+            if rate is not None and self.sample_rate is not None and int(rate) != self.sample_rate:
+                raise ValueError(
+                    f"chunk is at {rate} Hz, the embedder expects {self.sample_rate} Hz (resample it first)"
+                )
             return self.push_audio(
                 item.samples, start_s=getattr(item, "start_s", None), wall_utc=getattr(item, "wall_utc", None)
             )

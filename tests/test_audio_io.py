@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from csi_runtime import audio as runtime_audio
 from csi_training.data import (
     AudioDecodeError,
     AudioError,
@@ -253,7 +254,7 @@ def test_ffmpeg_excerpt_uses_seek_and_duration(tmp_path: Path, monkeypatch: pyte
         commands.append(list(cmd))
         return real_run(cmd, **kwargs)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(audio_module.subprocess, "run", spy_run)
+    monkeypatch.setattr(runtime_audio.subprocess, "run", spy_run)
     y = load_audio(mp3, rate, offset_s=3.0, max_duration_s=2.5)
     assert len(y) == 2.5 * rate
     (cmd,) = commands

@@ -1,7 +1,8 @@
 """Manifests, real dataset layouts and audio decoding.
 
 - ``manifest``: CSV manifests (``path,work_id[,version_id]``) → :class:`ManifestEntry`.
-- ``audio``: file → mono float32 at the model rate (soundfile / ffmpeg, soxr), validation, scans.
+- ``audio``: manifest scans, and csi_runtime.audio's decoding (file → mono float32 at the model
+  rate through soundfile / ffmpeg and soxr) and validation, re-exported.
 - ``covers80``, ``shs100k``, ``datacos``: the published layouts of Covers80, SHS100K and Da-TACOS.
 """
 
@@ -9,6 +10,7 @@ from .audio import (
     SILENCE_PEAK_DBFS,
     AudioDecodeError,
     AudioError,
+    AudioTooLongError,
     EmptyAudioError,
     FFmpegMissingError,
     InvalidAudioError,
@@ -51,6 +53,7 @@ __all__ = [
     "SILENCE_PEAK_DBFS",
     "AudioDecodeError",
     "AudioError",
+    "AudioTooLongError",
     "Covers80",
     "Covers80Error",
     "DaTacosError",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,3 +33,25 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         for name, value in item.user_properties:
             if name == "seed":
                 report.sections.append(("random seed", f"CSI_TEST_SEED={value} reproduces this run"))
+
+
+@pytest.fixture(scope="session")
+def exported_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(checkpoint folder, model bundle folder) of a random small CQTNet (64-d), exported once per
+    test session with the float16 and onnxruntime-optimised encoders. Fresh weights every session.
+    Needs torch, onnx, onnxscript and onnxruntime (the export extra); skips otherwise."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript")
+    pytest.importorskip("onnxruntime")
+    import torch
+    from export_fixtures import make_checkpoint
+
+    from csi_export.build import export_bundle
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # many small ops: one thread is faster on a loaded 2-core machine
+    root = tmp_path_factory.mktemp("exported")
+    checkpoint = make_checkpoint(root / "ckpt", int(np.random.SeedSequence().entropy % 2**31))
+    path = export_bundle(checkpoint, root / "bundle", fp16=True, ort_optimize=True).path
+    torch.set_num_threads(previous)
+    return checkpoint, path

@@ -45,11 +45,19 @@ def test_runtime_never_imports_torch() -> None:
 
 def test_runtime_dependencies_stay_small() -> None:
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert [d.split(">")[0].split("=")[0] for d in meta["project"]["dependencies"]] == ["numpy"]
+    names = [d.split(">")[0].split("=")[0] for d in meta["project"]["dependencies"]]
+    # numpy + the model bundle (onnxruntime) + audio (soundfile, soxr) + the monitor's plots
+    assert names == ["numpy", "onnxruntime", "soundfile", "soxr", "matplotlib"]
 
 
 def test_source_tree_has_no_torch_imports_in_the_runtime() -> None:
+    """torch (and csi_training) appear only inside the torch backend, imported when it is chosen."""
     for path in (ROOT / "runtime").rglob("*.py"):
+        in_torch_backend = False
         for line in path.read_text().splitlines():
+            if line.startswith("class "):
+                in_torch_backend = path.name == "backends.py" and line.startswith("class TorchBackend")
             stripped = line.strip()
-            assert not stripped.startswith(("import torch", "from torch")), f"{path}: {line}"
+            heavy = ("import torch", "from torch", "from csi_training", "import csi_training")
+            if stripped.startswith(heavy):
+                assert in_torch_backend and line.startswith("    "), f"{path}: {line}"

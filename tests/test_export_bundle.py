@@ -5,7 +5,6 @@ frontend graph (a chunk plus its context gives the frames of the whole file)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,7 @@ ort = pytest.importorskip("onnxruntime", reason="export needs onnxruntime (the e
 pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript")
 torch = pytest.importorskip("torch")
 
-from export_fixtures import make_checkpoint  # noqa: E402
 
-from csi_export.build import export_bundle  # noqa: E402
 from csi_export.onnx_graphs import FORBIDDEN_OPS, OPSET  # noqa: E402
 from csi_export.parity import check_parity, rendered_audio  # noqa: E402
 from csi_export.precision import count_float16_tensors  # noqa: E402
@@ -27,17 +24,10 @@ from csi_runtime.bundle import load_bundle, sha256_file  # noqa: E402
 from csi_training.checkpoint import load_checkpoint  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    """(checkpoint, bundle with fp16 and ORT-optimised encoders), exported once for the module."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # many small ops: one thread is faster on a loaded 2-core machine
-    root = tmp_path_factory.mktemp("export")
-    seed = int(np.random.SeedSequence().entropy % 2**31)  # fresh weights every run
-    checkpoint = make_checkpoint(root / "ckpt", seed)
-    result = export_bundle(checkpoint, root / "bundle", fp16=True, ort_optimize=True)
-    yield checkpoint, result.path
-    torch.set_num_threads(previous)
+@pytest.fixture
+def exported(exported_bundle: tuple[Path, Path]) -> tuple[Path, Path]:
+    """(checkpoint, bundle with fp16 and ORT-optimised encoders): the session's exported bundle."""
+    return exported_bundle
 
 
 def session(path: Path) -> object:

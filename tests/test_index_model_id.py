@@ -116,3 +116,16 @@ def test_index_without_model_checks_dim_and_warns_once(caplog: pytest.LogCapture
     warnings = [r for r in caplog.records if "does not record the model" in r.getMessage()]
     assert len(warnings) == 1
     assert "Y" in warnings[0].getMessage()
+
+
+def test_iter_metadata_lists_live_vectors_in_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(1)
+    index = ReferenceIndex(8, model_id="m")
+    vecs = rng.standard_normal((5, 8)).astype(np.float32)
+    index.add(vecs[:2], ["a", "b"], [{"path": "a.wav"}, {"path": "b.wav"}])
+    index.add(vecs[2:], ["c", "a", "d"], [{"path": "c.wav"}, {"path": "a2.wav"}, None])
+    index.remove("a")
+    assert list(index.iter_metadata()) == [("b", {"path": "b.wav"}), ("c", {"path": "c.wav"}), ("d", {})]
+    index.save(tmp_path / "x.csi")
+    loaded = ReferenceIndex.load(tmp_path / "x.csi")
+    assert list(loaded.iter_metadata()) == [("b", {"path": "b.wav"}), ("c", {"path": "c.wav"}), ("d", {})]

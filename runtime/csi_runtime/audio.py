@@ -56,6 +56,7 @@ __all__ = [
     "InvalidAudioError",
     "NonFiniteAudioError",
     "SilentAudioError",
+    "TooShortAudioError",
     "as_mono_float32",
     "check_audio",
     "check_sample_rate",
@@ -135,6 +136,10 @@ class NonFiniteAudioError(AudioError, ValueError):
 
 class InvalidAudioError(AudioError, ValueError):
     """An array is not audio: wrong dtype (complex, object, bool…), wrong shape, bad sample rate."""
+
+
+class TooShortAudioError(AudioError, ValueError):
+    """The audio is shorter than the model needs (the encoder's minimum number of frames)."""
 
 
 class AudioTooLongError(AudioError, ValueError):

@@ -296,6 +296,17 @@ class ReferenceIndex:
         with self._write_lock:
             return list(self._ordinal)
 
+    def iter_metadata(self) -> Iterator[tuple[WorkId, dict[str, Any]]]:
+        """(work_id, metadata) of every live vector, in insertion order (a consistent snapshot)."""
+        snap = self._snapshot
+        with self._write_lock:
+            names = list(self._work_ids)  # ordinal -> id, append-only
+        for seg in snap.segments:
+            for row in range(seg.rows):
+                ordinal = int(seg.works[row])
+                if ordinal not in snap.removed:
+                    yield names[ordinal], seg.metadata(row)
+
     def __repr__(self) -> str:
         return (
             f"ReferenceIndex(dim={self._dim}, dtype={self._dtype_name!r}, metric={self._metric!r}, "

@@ -40,6 +40,7 @@ import numpy as np
 
 from csi_runtime.atomic import atomic_write_bytes, fsync_dir
 from csi_runtime.calibrate import is_match
+from csi_runtime.streaming import Segment
 
 __all__ = [
     "CSV_FIELDS",
@@ -65,16 +66,6 @@ CONTINUITY_TOLERANCE_S = 0.005
 # (network and buffering jitter is smaller; sample-clock drift accumulates beyond it).
 DEFAULT_CLOCK_TOLERANCE_S = 1.0
 SECONDS_PER_HOUR = 3600.0
-
-
-class Segment(NamedTuple):
-    """One window of a stream (as ``csi_runtime.streaming.Segment``): stream seconds of its first
-    and last sample, its embedding float32 [D] (unit norm; zeros when ``silent``)."""
-
-    start_s: float
-    end_s: float
-    vector: np.ndarray
-    silent: bool = False
 
 
 class _Hit(Protocol):

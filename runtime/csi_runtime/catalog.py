@@ -1,0 +1,152 @@
+"""Reference catalogs: audio files of known works → a ``ReferenceIndex`` of their window embeddings.
+
+Sources:
+- a CSV manifest ``path,work_id[,version_id][,more columns…]`` (relative paths are relative to the
+  manifest; extra columns such as title or artist become each entry's metadata);
+- a folder: each sub-folder is a work (its name is the work id) holding one or more recordings;
+  audio files directly in the folder are works of their own (file stem = work id).
+
+Each reference recording contributes the embeddings of its windows (the model's window and hop), so
+a 20 s excerpt from anywhere in a broadcast matches the part of the reference it comes from; the
+index ranks works by their best window. Metadata of each window: the entry's metadata plus path,
+version_id and the window's start in the recording.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from csi_runtime.embedder import Embedder
+from csi_runtime.index import ReferenceIndex
+
+__all__ = ["AUDIO_EXTENSIONS", "CatalogEntry", "add_to_index", "read_catalog"]
+
+logger = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = frozenset(
+    {
+        ".wav",
+        ".flac",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".mp3",
+        ".m4a",
+        ".aac",
+        ".aif",
+        ".aiff",
+        ".wma",
+        ".webm",
+        ".mp4",
+    }
+)
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    path: str
+    work_id: str
+    version_id: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_manifest(path: Path) -> list[CatalogEntry]:
+    entries = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not {"path", "work_id"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: a catalog manifest needs a header with at least path,work_id")
+        for lineno, row in enumerate(reader, 2):
+            if not row.get("path") or not row.get("work_id"):
+                raise ValueError(f"{path}:{lineno}: empty path or work_id")
+            file = Path(row["path"])
+            if not file.is_absolute():
+                file = path.parent / file
+            extra = {k: v for k, v in row.items() if k not in ("path", "work_id", "version_id") and v}
+            entries.append(CatalogEntry(str(file), row["work_id"], row.get("version_id") or "", extra))
+    return entries
+
+
+def _scan_folder(root: Path) -> list[CatalogEntry]:
+    entries = []
+    for item in sorted(root.iterdir()):
+        if item.is_dir():
+            for file in sorted(item.rglob("*")):
+                if file.is_file() and file.suffix.lower() in AUDIO_EXTENSIONS:
+                    entries.append(CatalogEntry(str(file), item.name, file.stem))
+        elif item.is_file() and item.suffix.lower() in AUDIO_EXTENSIONS:
+            entries.append(CatalogEntry(str(item), item.stem, item.stem))
+    return entries
+
+
+def read_catalog(source: str | os.PathLike[str]) -> list[CatalogEntry]:
+    """Entries of a catalog manifest (.csv) or folder; raises ValueError if none are found."""
+    path = Path(source)
+    if not path.exists():
+        raise ValueError(f"catalog source {path} does not exist")
+    entries = _scan_folder(path) if path.is_dir() else _read_manifest(path)
+    if not entries:
+        raise ValueError(
+            f"no audio files found in {path} (extensions: {', '.join(sorted(AUDIO_EXTENSIONS))})"
+        )
+    return entries
+
+
+def indexed_paths(index: ReferenceIndex) -> set[str]:
+    """Paths of the recordings already in an index (from their windows' metadata)."""
+    paths: set[str] = set()
+    for _, meta in index.iter_metadata():
+        if "path" in meta:
+            paths.add(str(meta["path"]))
+    return paths
+
+
+def add_to_index(
+    embedder: Embedder,
+    index: ReferenceIndex,
+    entries: Iterable[CatalogEntry],
+    progress: Callable[[int], None] | None = None,
+    skip_paths: set[str] | None = None,
+) -> tuple[int, list[tuple[str, str]]]:
+    """Embed each entry's windows and add them to ``index``.
+
+    Returns (recordings added, [(path, reason)] of recordings skipped: unreadable, silent, too short,
+    or already present in ``skip_paths``). One bad file never stops a catalog build.
+    """
+    from csi_runtime.audio import AudioError
+
+    added, skipped = 0, []
+    for entry in entries:
+        try:
+            if skip_paths is not None and entry.path in skip_paths:
+                skipped.append((entry.path, "already in the index"))
+                continue
+            try:
+                segments = embedder.embed_segments(entry.path)
+            except (AudioError, ValueError, OSError) as exc:
+                skipped.append((entry.path, str(exc)))
+                logger.warning("skipped %s: %s", entry.path, exc)
+                continue
+            keep = np.flatnonzero(~segments.silent)
+            if len(keep) == 0:
+                skipped.append((entry.path, "silent"))
+                continue
+            meta = [
+                {**entry.metadata, "path": entry.path, "version_id": entry.version_id,
+                 "start_s": round(float(segments.starts[i]), 3)}
+                for i in keep
+            ]  # fmt: skip
+            index.add(segments.vectors[keep], [entry.work_id] * len(keep), meta)
+            added += 1
+        finally:
+            if progress is not None:
+                progress(1)
+    return added, skipped

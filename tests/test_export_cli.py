@@ -166,3 +166,10 @@ def test_broken_checkpoints_are_named(checkpoint: Path, tmp_path: Path) -> None:
         assert refused.returncode == 2, case
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("b")]
     assert "Traceback" not in missing.stderr + unknown.stderr + bad.stderr
+
+
+def test_export_into_a_folder_that_does_not_exist_yet(checkpoint: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "new" / "nested" / "bundle"
+    done = build_engine("--checkpoint", checkpoint, "--out", out_dir, "--ort-optimize")
+    assert done.returncode == 0, done.stderr
+    assert "encoder_ort" in load_bundle(out_dir).manifest["graphs"]

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -207,12 +208,10 @@ def export_bundle(
     if ort_optimize:
         from csi_export.ort_optimize import optimize_offline
 
-        staging = out.with_name(f".{out.name}.ort-{uuid.uuid4().hex[:8]}.onnx")
-        try:
+        with tempfile.TemporaryDirectory(prefix="csi-ort-") as tmp:
+            staging = Path(tmp) / "encoder.onnx"
             staging.write_bytes(files["encoder.onnx"])
             optimized, ort_version = optimize_offline(staging)
-        finally:
-            staging.unlink(missing_ok=True)
         files["encoder.ort.onnx"] = optimized
         graphs["encoder_ort"] = {
             "file": "encoder.ort.onnx",

@@ -24,9 +24,25 @@ def cmd_notes(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
-    sources = args.sources.split(",") if args.sources else None
-    kwargs = {"sources": sources} if sources else {}
-    works = extract_works(limit=args.limit, progress=progress, workers=args.workers, report=report, **kwargs)
+    items = [s.strip() for s in args.sources.split(",") if s.strip()] if args.sources else []
+    if any(":" in item for item in items):
+        # per-collection limits ("bach:250,essenFolksong:900"): extracted one after another, then
+        # near-duplicates across collections removed (the earlier collection's work is kept)
+        from csi_training.render.notes import dedupe_works
+
+        works = []
+        for item in items:
+            name, _, limit = item.partition(":")
+            works += extract_works(limit=int(limit) if limit else None, sources=[name], progress=progress,
+                                   workers=args.workers, report=report)  # fmt: skip
+        works, dropped = dedupe_works(works)
+        if dropped:
+            print(f"{len(dropped)} near-duplicate works across collections dropped")
+    else:
+        kwargs = {"sources": items} if items else {}
+        works = extract_works(
+            limit=args.limit, progress=progress, workers=args.workers, report=report, **kwargs
+        )
     bar.close()
     save_note_corpus(args.out, works)
     print(f"{len(works)} distinct works → {args.out}")
@@ -88,7 +104,12 @@ def register(sub: Any) -> None:
     p = dsub.add_parser("notes", help="extract note events of music21's bundled scores (distinct works)")
     p.add_argument("--out", required=True, help="note-event corpus file to write (.npz)")
     p.add_argument("--limit", type=int, default=None, help="stop after this many distinct works")
-    p.add_argument("--sources", default=None, help="comma-separated music21 collections (default: all)")
+    p.add_argument(
+        "--sources",
+        default=None,
+        help="comma-separated music21 collections (default: all); NAME:N takes at most N works of a "
+        "collection, e.g. bach:250,essenFolksong:900,oneills1850:700",
+    )
     p.add_argument("--workers", type=int, default=1, help="parsing processes")
     p.set_defaults(func=cmd_notes)
 

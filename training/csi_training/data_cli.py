@@ -39,10 +39,10 @@ def cmd_notes(args: argparse.Namespace) -> int:
         if dropped:
             print(f"{len(dropped)} near-duplicate works across collections dropped")
     else:
-        kwargs = {"sources": items} if items else {}
-        works = extract_works(
-            limit=args.limit, progress=progress, workers=args.workers, report=report, **kwargs
-        )
+        from csi_training.render.notes import DEFAULT_SOURCES
+
+        works = extract_works(limit=args.limit, sources=items or DEFAULT_SOURCES, progress=progress,
+                              workers=args.workers, report=report)  # fmt: skip
     bar.close()
     save_note_corpus(args.out, works)
     print(f"{len(works)} distinct works → {args.out}")

@@ -6,7 +6,8 @@ Sources:
 - a folder: each sub-folder is a work (its name is the work id) holding one or more recordings;
   audio files directly in the folder are works of their own (file stem = work id).
 
-Each reference recording contributes the embeddings of its windows (the model's window and hop), so
+Each reference recording contributes the embeddings of its windows (the model's window, a quarter
+window apart by default), so
 a 20 s excerpt from anywhere in a broadcast matches the part of the reference it comes from; the
 index ranks works by their best window. Metadata of each window: the entry's metadata plus path,
 version_id and the window's start in the recording.
@@ -48,6 +49,11 @@ AUDIO_EXTENSIONS = frozenset(
         ".mp4",
     }
 )
+
+
+#: reference windows overlap more than stream windows: a broadcast excerpt starts anywhere, and its
+#: windows score best against reference windows that start within half a reference hop of them
+REFERENCE_HOP_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -115,9 +121,11 @@ def add_to_index(
     entries: Iterable[CatalogEntry],
     progress: Callable[[int], None] | None = None,
     skip_paths: set[str] | None = None,
+    hop_s: float | None = None,
 ) -> tuple[int, list[tuple[str, str]]]:
     """Embed each entry's windows and add them to ``index``.
 
+    hop_s: hop between reference windows (default: REFERENCE_HOP_FRACTION of the model's window).
     Returns (recordings added, [(path, reason)] of recordings skipped: unreadable, silent, too short,
     or already present in ``skip_paths``). One bad file never stops a catalog build.
     """
@@ -130,7 +138,8 @@ def add_to_index(
                 skipped.append((entry.path, "already in the index"))
                 continue
             try:
-                segments = embedder.embed_segments(entry.path)
+                hop = hop_s if hop_s is not None else embedder.window_s * REFERENCE_HOP_FRACTION
+                segments = embedder.embed_segments(entry.path, hop_s=hop)
             except (AudioError, ValueError, OSError) as exc:
                 skipped.append((entry.path, str(exc)))
                 logger.warning("skipped %s: %s", entry.path, exc)

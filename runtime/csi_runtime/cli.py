@@ -4,7 +4,11 @@ Subcommands available in the runtime (no torch needed)::
 
     csi info [--json]                       what was built, which kernels/GPU this machine uses
     csi selftest [--quick]                  checks exactness against numpy and measures speed here
+    csi index build CATALOG_DIR|MANIFEST.csv -o CAT.csi [--update] [--remove WORK]   (audio, the model)
     csi index build --vectors V.npy --works W.txt [--metadata M.jsonl] --out CAT.csi
+    csi identify SONG.mp3 --index CAT.csi [-k 10] [--json]
+    csi monitor SOURCE --index CAT.csi --out DIR [--channel NAME] [--calibration C.json]
+    csi calibrate --index CAT.csi --positives P.csv --negatives N_DIR [--far 0.01] [-o C.json]
     csi index info CAT.csi                  header of an index file
     csi index verify CAT.csi                every checksum and structural rule
     csi index search CAT.csi --queries Q.npy [-k 10] [--json]
@@ -23,6 +27,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from csi_runtime.audio import AudioError
 from csi_runtime.errors import IndexFileError, NonFiniteError
 
 logger = logging.getLogger("csi_runtime")
@@ -71,11 +76,41 @@ def _print_json(obj: Any) -> None:
 # -- info ------------------------------------------------------------------------------------
 
 
+def _model_info() -> dict[str, Any]:
+    """The packaged default model and the inference backends this machine has."""
+    import importlib.util
+
+    from csi_runtime.bundle import BundleError, load_bundle
+    from csi_runtime.embedder import default_bundle_path
+
+    out: dict[str, Any] = {"default_bundle": str(default_bundle_path())}
+    try:
+        bundle = load_bundle(default_bundle_path(), verify_hashes=False)
+        m = bundle.manifest
+        out.update(model_id=bundle.model_id, dim=bundle.dim, sample_rate=bundle.sample_rate,
+                   window_s=m["encoder"]["window_s"], hop_s=m["encoder"]["hop_s"],
+                   val_metrics=m.get("source", {}).get("metrics", {}).get("val", {}))  # fmt: skip
+    except BundleError as exc:
+        out["error"] = str(exc)
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = {
+            "version": onnxruntime.__version__,
+            "providers": onnxruntime.get_available_providers(),
+        }
+    except ImportError:
+        out["onnxruntime"] = None
+    out["tensorrt"] = importlib.util.find_spec("tensorrt") is not None
+    return out
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from csi_runtime import build_info, default_threads
 
     info = build_info()
     info["threads_default"] = default_threads()
+    info["model"] = _model_info()
     if args.json:
         _print_json(info)
         return 0
@@ -96,6 +131,16 @@ def cmd_info(args: argparse.Namespace) -> int:
                 print(f"  GPU {i}       : {dev['name']} (compute capability {dev['compute_capability']})")
         else:
             print("  GPU         : none usable (no NVIDIA GPU or driver)")
+    model = info["model"]
+    if "model_id" in model:
+        print(f"  model       : {model['model_id']} ({model['dim']}-d, {model['sample_rate']} Hz, "
+              f"window {model['window_s']} s, hop {model['hop_s']} s)")  # fmt: skip
+    else:
+        print(f"  model       : none usable ({model.get('error')})")
+    ort_info = model["onnxruntime"]
+    print(f"  onnxruntime : {ort_info['version']} ({', '.join(ort_info['providers'])})" if ort_info
+          else "  onnxruntime : not installed")  # fmt: skip
+    print(f"  TensorRT    : {'installed' if model['tensorrt'] else 'not installed (optional)'}")
     return 0
 
 
@@ -207,6 +252,20 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 def cmd_index_build(args: argparse.Namespace) -> int:
     from csi_runtime import ReferenceIndex
 
+    if args.vectors is None:
+        if args.works:
+            raise SystemExit("csi: --works goes with --vectors")
+        if not args.source and not args.remove:
+            raise SystemExit("csi: give a catalog folder or manifest, or --vectors V.npy --works W.txt")
+        from csi_runtime.cli_audio import cmd_index_build_audio
+
+        return cmd_index_build_audio(args)
+    if args.source or args.update or args.remove:
+        raise SystemExit(
+            "csi: --vectors builds a new index; audio sources, --update and --remove use the model"
+        )
+    if not args.works:
+        raise SystemExit("csi: --vectors needs --works (one work id per line)")
     out = Path(args.out)
     if out.exists() and not args.force:
         raise SystemExit(f"csi: {out} exists; pass --force to replace it")
@@ -297,14 +356,29 @@ def build_parser() -> argparse.ArgumentParser:
     idx = sub.add_parser(
         "index", help="build, inspect, verify and search reference index files"
     ).add_subparsers(dest="index_command", required=True)
-    p = idx.add_parser("build", help="build an index from precomputed embeddings")
-    p.add_argument("--vectors", required=True, help=".npy file, float [N, D]")
-    p.add_argument("--works", required=True, help="text file: one work id per line, N lines")
+    p = idx.add_parser(
+        "build",
+        help="build or update an index from audio (catalog folder or manifest) or precomputed embeddings",
+    )
+    p.add_argument(
+        "source", nargs="?", help="catalog folder (one sub-folder per work) or CSV manifest path,work_id,…"
+    )
+    p.add_argument("--vectors", help=".npy file, float [N, D] (precomputed embeddings instead of audio)")
+    p.add_argument("--works", help="with --vectors: text file, one work id per line, N lines")
     p.add_argument("--metadata", help="JSON-lines file: one object per vector (title, artist, ...)")
-    p.add_argument("--out", required=True, help="index file to write (.csi)")
+    p.add_argument("-o", "--out", required=True, help="index file to write (.csi)")
     p.add_argument("--dtype", default="float16", choices=["float32", "float16", "int8"])
-    p.add_argument("--metric", default="ip", choices=["ip", "l2"])
+    p.add_argument("--metric", default="ip", choices=["ip", "l2"], help="with --vectors only (audio: ip)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--update", action="store_true", help="add recordings not yet in the existing index")
+    p.add_argument("--remove", action="append", metavar="WORK_ID", help="remove a work (repeatable)")
+    p.add_argument("--model", default=None, help="model bundle folder (default: the packaged model)")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None, help="inference threads")
+    p.add_argument(
+        "--hop-s", type=float, default=None, help="hop between reference windows, s (default: window/4)"
+    )
     p.set_defaults(func=cmd_index_build)
 
     p = idx.add_parser("info", help="print an index file's header")
@@ -324,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_index_search)
+    from csi_runtime import cli_audio
+
+    cli_audio.register(sub, idx)
     _add_plugin_commands(sub)
     return parser
 
@@ -352,7 +429,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except (IndexFileError, NonFiniteError, ValueError, TypeError, KeyError, OSError) as exc:
+    except (IndexFileError, NonFiniteError, ValueError, TypeError, KeyError, OSError, AudioError) as exc:
+        print(f"csi: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # backend or stream problems (no GPU, TensorRT missing, source lost)
         print(f"csi: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,326 @@
+"""The ``csi`` subcommands that run the model on audio: identify, monitor, calibrate, and
+``index build`` from audio files (``cli.py`` holds the others and the entry point).
+
+    csi identify SONG.mp3 --index CAT.csi [-k 10] [--json]
+    csi index build CATALOG_DIR|MANIFEST.csv -o CAT.csi [--update] [--remove WORK …]
+    csi monitor SOURCE --index CAT.csi --out DIR [--channel NAME] [--threshold T | --calibration C.json]
+    csi calibrate --index CAT.csi --positives P.csv --negatives DIR|N.csv [--far 0.01] [-o C.json]
+
+SOURCE for monitor: an audio file, ``-`` for raw PCM on stdin (``--pcm-rate/--pcm-channels/
+--pcm-format``), or a URL that ffmpeg reads (http, https, rtmp, srt, …; reconnects with back-off).
+Every command takes ``--model BUNDLE`` (default: the packaged model), ``--backend`` and ``--device``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def _embedder(args: argparse.Namespace) -> Any:
+    from csi_runtime.embedder import Embedder
+
+    return Embedder(args.model, backend=args.backend, device=args.device, threads=args.threads)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model bundle folder (default: the packaged model)")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the backend's)")
+
+
+# -- index build from audio --------------------------------------------------------------------------
+
+
+def cmd_index_build_audio(args: argparse.Namespace) -> int:
+    from csi_runtime.catalog import add_to_index, indexed_paths, read_catalog
+    from csi_runtime.cli import Progress
+    from csi_runtime.index import ReferenceIndex
+
+    out = Path(args.out)
+    embedder = _embedder(args)
+    if args.update or args.remove:
+        if not out.exists():
+            raise SystemExit(f"csi: --update/--remove need an existing index; {out} does not exist")
+        index = ReferenceIndex.load(out)
+        index.check_model(embedder.model_id, embedder.dim)
+    else:
+        if out.exists() and not args.force:
+            raise SystemExit(f"csi: {out} exists; pass --update to add to it or --force to replace it")
+        index = ReferenceIndex(embedder.dim, dtype=args.dtype, metric="ip", model_id=embedder.model_id)
+    for work in args.remove or []:
+        removed = index.remove(work)
+        print(f"removed {work}: {removed} vectors" if removed else f"{work} was not in the index")
+    added, skipped = 0, list[tuple[str, str]]()
+    if args.source:
+        entries = read_catalog(args.source)
+        progress = Progress(len(entries), "embedding")
+        try:
+            added, skipped = add_to_index(
+                embedder,
+                index,
+                entries,
+                progress.advance,
+                skip_paths=indexed_paths(index) if args.update else None,
+                hop_s=args.hop_s,
+            )
+        finally:
+            progress.close()
+    index.save(out)
+    for path, reason in skipped[:20]:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if len(skipped) > 20:
+        print(f"… and {len(skipped) - 20} more skipped files", file=sys.stderr)
+    print(
+        f"wrote {out}: {added} recordings added, {len(skipped)} skipped; {index.num_works:,} works, "
+        f"{len(index):,} windows, model {embedder.model_id}"
+    )
+    return 0
+
+
+# -- identify ----------------------------------------------------------------------------------------
+
+
+def rank_works(index: Any, vectors: np.ndarray, k: int) -> list[dict[str, Any]]:
+    """Works ranked for a query made of several windows [S, D]: a work's score is the mean over the
+    query's windows of its best similarity (0 where it is not in a window's top k); best first."""
+    per_window = index.search(vectors, k=k)
+    totals: dict[Any, float] = {}
+    best: dict[Any, tuple[float, dict[str, Any]]] = {}
+    for hits in per_window:
+        for hit in hits:
+            totals[hit.work_id] = totals.get(hit.work_id, 0.0) + float(hit.score)
+            if hit.work_id not in best or hit.score > best[hit.work_id][0]:
+                best[hit.work_id] = (float(hit.score), hit.metadata)
+    n = max(1, len(per_window))
+    ranked = sorted(totals, key=lambda w: (-totals[w], str(w)))[:k]
+    return [
+        {"work_id": w, "score": totals[w] / n, "best_window_score": best[w][0], "metadata": best[w][1]}
+        for w in ranked
+    ]
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    from csi_runtime.index import ReferenceIndex
+
+    embedder = _embedder(args)
+    index = ReferenceIndex.load(args.index, mmap=True)
+    index.check_model(embedder.model_id, embedder.dim)
+    results: list[dict[str, Any]] = []
+    for path in args.files:
+        segments = embedder.embed_segments(path)
+        vectors = segments.vectors[~segments.silent]
+        ranked = rank_works(index, vectors, args.k) if len(vectors) else []
+        results.append({"file": str(path), "windows": len(vectors), "matches": ranked})
+    if args.json:
+        json.dump(results if len(results) > 1 else results[0], sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return 0
+    for r in results:
+        print(f"{r['file']} ({r['windows']} windows):")
+        if not r["matches"]:
+            print("  (silent: nothing to identify)")
+        for rank, m in enumerate(r["matches"], 1):
+            meta = json.dumps({k: v for k, v in m["metadata"].items() if k != "start_s"}, ensure_ascii=False)
+            print(
+                f"  {rank:>3}. {m['work_id']!s:<28} {m['score']:.4f} "
+                f"(best window {m['best_window_score']:.4f}) {meta}"
+            )
+    return 0
+
+
+# -- calibrate ---------------------------------------------------------------------------------------
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from csi_runtime.calibrate import calibrate_threshold
+    from csi_runtime.catalog import read_catalog
+    from csi_runtime.cli import Progress
+    from csi_runtime.index import ReferenceIndex
+
+    embedder = _embedder(args)
+    index = ReferenceIndex.load(args.index, mmap=True)
+    index.check_model(embedder.model_id, embedder.dim)
+    positives, negatives = read_catalog(args.positives), read_catalog(args.negatives)
+    unknown = sorted({e.work_id for e in positives} - set(index.work_ids()))
+    if unknown:
+        raise SystemExit(f"csi: positives name works that are not in the index: {', '.join(unknown[:10])}")
+    pos_scores: list[float] = []
+    neg_scores: list[float] = []
+    progress = Progress(len(positives) + len(negatives), "scoring")
+    try:
+        for entries, is_positive in ((positives, True), (negatives, False)):
+            for entry in entries:
+                segments = embedder.embed_segments(entry.path)
+                vectors = segments.vectors[~segments.silent]
+                if len(vectors):
+                    for hits in index.search(vectors, k=args.k):
+                        if is_positive:
+                            # the decision is "top-1 is the work and its score passes": a window whose
+                            # top-1 is another work is a miss whatever the threshold
+                            top = hits[0] if hits else None
+                            pos_scores.append(
+                                float(top.score) if top and top.work_id == entry.work_id else -1.0
+                            )
+                        else:
+                            neg_scores.append(float(hits[0].score) if hits else -1.0)
+                progress.advance(1)
+    finally:
+        progress.close()
+    calibration = calibrate_threshold(np.array(pos_scores), np.array(neg_scores), target_far=args.far)
+    report = {**calibration.to_dict(), "model_id": embedder.model_id, "index": str(args.index),
+              "windows": {"positive": len(pos_scores), "negative": len(neg_scores)}}  # fmt: skip
+    text = json.dumps(report, indent=2) + "\n"
+    if args.out:
+        from csi_runtime.atomic import atomic_write_text
+
+        atomic_write_text(args.out, text)
+    print(text, end="")
+    return 0
+
+
+def _threshold(args: argparse.Namespace, model_id: str) -> float:
+    if args.threshold is not None:
+        return float(args.threshold)
+    if not args.calibration:
+        raise SystemExit("csi: give --threshold T or --calibration FILE (from csi calibrate)")
+    data = json.loads(Path(args.calibration).read_text())
+    if data.get("model_id") not in (None, model_id):
+        raise SystemExit(
+            f"csi: {args.calibration} was calibrated for model {data['model_id']}, not {model_id}"
+        )
+    return float(data["threshold"])
+
+
+# -- monitor -----------------------------------------------------------------------------------------
+
+
+def _source(args: argparse.Namespace, sample_rate: int) -> Any:
+    from csi_runtime import sources
+    from csi_runtime.audio import is_url
+
+    if args.source == "-":
+        if args.pcm_rate is None:
+            raise SystemExit("csi: raw PCM on stdin needs --pcm-rate (and --pcm-channels / --pcm-format)")
+        return sources.PCMSource(
+            sys.stdin.buffer,
+            args.pcm_rate,
+            channels=args.pcm_channels,
+            dtype=args.pcm_format,
+            sample_rate=sample_rate,
+            start_utc=args.start_utc,
+        )
+    if is_url(args.source):
+        return sources.FFmpegSource(args.source, sample_rate)
+    return sources.FileSource(args.source, sample_rate, start_utc=args.start_utc, realtime=args.realtime)
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from csi_runtime.index import ReferenceIndex
+    from csi_runtime.monitor import DetectionSink, Monitor, run_monitor
+
+    embedder = _embedder(args)
+    index = ReferenceIndex.load(args.index, mmap=True)
+    threshold = _threshold(args, embedder.model_id)
+    metrics = None
+    if args.metrics_port:
+        from csi_runtime.metrics import MonitorMetrics, start_http_server
+
+        metrics = MonitorMetrics()
+        start_http_server(args.metrics_port)
+    if args.start_utc:
+        try:
+            start_utc = datetime.fromisoformat(args.start_utc.replace("Z", "+00:00"))
+        except ValueError:
+            raise SystemExit(f"csi: --start-utc {args.start_utc!r} is not an ISO 8601 time") from None
+        if start_utc.tzinfo is None:
+            start_utc = start_utc.replace(tzinfo=UTC)
+    else:
+        start_utc = datetime.now(UTC)
+    args.start_utc = start_utc
+    channel = args.channel or (Path(args.source).stem if args.source != "-" else "stdin")
+    sink = DetectionSink(args.out, plots=not args.no_plots)
+    monitor = Monitor(embedder, index, channel=channel, threshold=threshold, k=args.k,
+                      min_windows=args.min_windows, max_gap_windows=args.max_gap_windows,
+                      window_s=args.window_s, hop_s=args.hop_s, start_utc=start_utc, sink=sink,
+                      metrics=metrics, search_threads=1)  # fmt: skip
+    shown = {"n": 0}
+
+    def progress(m: Any) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\r{channel}: {m.position_s / 60:8.1f} min monitored, "
+                             f"{m.detections_emitted} detections, {m.gaps_recorded} gaps")  # fmt: skip
+            sys.stderr.flush()
+            shown["n"] += 1
+
+    try:
+        with _source(args, embedder.sample_rate) as source:
+            summary = run_monitor(source, monitor, progress=progress)
+    finally:
+        sink.close()
+        if shown["n"]:
+            sys.stderr.write("\n")
+    print(f"{channel}: {summary.stream_s / 60:.1f} min monitored, {summary.detections} detections, "
+          f"{summary.gaps} gaps → {args.out}")  # fmt: skip
+    return 0
+
+
+# -- registration ------------------------------------------------------------------------------------
+
+
+def register(sub: Any, index_sub: Any) -> None:
+    """Add identify / monitor / calibrate to ``csi`` and the audio form of ``csi index build``."""
+    p = sub.add_parser("identify", help="which works of an index are played in audio files")
+    p.add_argument("files", nargs="+", help="audio files or URLs")
+    p.add_argument("--index", required=True, help="reference index (.csi) built with the same model")
+    p.add_argument("-k", type=int, default=10, help="works to list (default 10)")
+    p.add_argument("--json", action="store_true")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_identify)
+
+    p = sub.add_parser("monitor", help="detect catalog works in a stream (file, stdin PCM or URL)")
+    p.add_argument("source", help="audio file, '-' for raw PCM on stdin, or a URL (via ffmpeg)")
+    p.add_argument("--index", required=True, help="reference index (.csi)")
+    p.add_argument("--out", required=True, help="folder for detections (JSONL, CSV, PNG timelines)")
+    p.add_argument("--channel", help="channel name in the detections (default: the source's name)")
+    p.add_argument("--threshold", type=float, help="decision threshold on the window score")
+    p.add_argument("--calibration", help="JSON written by csi calibrate (its threshold)")
+    p.add_argument("--start-utc", help="UTC time of the source's first sample (default: now)")
+    p.add_argument("--window-s", type=float, help="window length, s (default: the model's)")
+    p.add_argument("--hop-s", type=float, help="hop between windows, s (default: the model's)")
+    p.add_argument("-k", type=int, default=10, help="works ranked per window")
+    p.add_argument("--min-windows", type=int, default=2, help="windows a detection needs (default 2)")
+    p.add_argument(
+        "--max-gap-windows", type=int, default=2, help="non-matching windows a detection bridges (default 2)"
+    )
+    p.add_argument("--realtime", action="store_true", help="read a file at playback speed")
+    p.add_argument("--pcm-rate", type=int, help="stdin PCM: sample rate, Hz")
+    p.add_argument("--pcm-channels", type=int, default=1, help="stdin PCM: channels")
+    p.add_argument("--pcm-format", default="s16le", choices=["s16le", "s32le", "f32le"])
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--no-plots", action="store_true", help="no PNG timelines")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser("calibrate", help="pick the threshold for a target false-alarm rate")
+    p.add_argument("--index", required=True, help="reference index (.csi)")
+    p.add_argument("--positives", required=True, help="manifest/folder of versions of works in the index")
+    p.add_argument("--negatives", required=True, help="manifest/folder of music NOT in the index")
+    p.add_argument(
+        "--far", type=float, default=0.01, help="target false-alarm rate per window (default 0.01)"
+    )
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-o", "--out", help="write the calibration JSON here")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_calibrate)

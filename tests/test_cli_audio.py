@@ -1,0 +1,171 @@
+"""The audio commands of ``csi`` as a user runs them, with the packaged default model: index build
+(folder, --update, --remove), identify, monitor (file and raw PCM on stdin), calibrate, and an index
+made with another model refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sf = pytest.importorskip("soundfile")
+pytest.importorskip("onnxruntime")
+
+from csi_runtime import ReferenceIndex  # noqa: E402
+from csi_runtime.embedder import default_bundle_path  # noqa: E402
+
+SR = 16000
+ENV_THREADS = {"OMP_NUM_THREADS": "1", "CSI_NUM_THREADS": "1"}
+
+
+def csi(*args: str | Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "csi_runtime", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, **ENV_THREADS},
+    )
+
+
+def tune(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """A random melody with a bass line, plucked-string-like notes: float32 [n] at 16 kHz."""
+    n = int(seconds * SR)
+    out = np.zeros(n)
+    t_note = 0.0
+    pitch = 60 + int(rng.integers(-5, 6))
+    while t_note < seconds:
+        dur = float(rng.choice([0.25, 0.5, 0.5, 0.75, 1.0]))
+        pitch = int(np.clip(pitch + rng.integers(-4, 5), 48, 84))
+        start = int(t_note * SR)
+        t = np.arange(min(n - start, int(dur * 1.5 * SR))) / SR
+        f0 = 440 * 2 ** ((pitch - 69) / 12)
+        out[start : start + len(t)] += (
+            0.3 * np.exp(-3 * t) * sum(np.sin(2 * np.pi * f0 * h * t) / h for h in (1, 2, 3, 4))
+        )
+        t_note += dur
+    return (out / np.abs(out).max() * 0.7).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    rng = np.random.default_rng(20261121)
+    root = tmp_path_factory.mktemp("catalog")
+    refs = {f"work{i}": tune(rng, 40.0) for i in range(3)}
+    for work, audio in refs.items():
+        (root / "catalog" / work).mkdir(parents=True)
+        sf.write(root / "catalog" / work / "reference.wav", audio, SR)
+    noise = (rng.standard_normal(SR * 15) * 0.05).astype(np.float32)
+    # a broadcast: work2 from 10 s for 25 s, noise, work0 from 0 s for 25 s (exact excerpts)
+    stream = np.concatenate([refs["work2"][10 * SR : 35 * SR], noise, refs["work0"][: 25 * SR]])
+    sf.write(root / "stream.wav", stream, SR)
+    index = root / "cat.csi"
+    built = csi("index", "build", root / "catalog", "-o", index)
+    assert built.returncode == 0, built.stderr.decode()
+    assert b"3 recordings added" in built.stdout
+    return {"root": root, "index": index, "refs": refs, "stream": stream}
+
+
+def test_index_knows_its_model_and_updates(catalog: dict[str, object], tmp_path: Path) -> None:
+    index = ReferenceIndex.load(catalog["index"])  # type: ignore[arg-type]
+    assert index.num_works == 3 and index.model_id is not None
+    assert index.model_id.startswith("move-cqtnet")
+    root: Path = catalog["root"]  # type: ignore[assignment]
+    copy = tmp_path / "cat.csi"
+    copy.write_bytes(Path(catalog["index"]).read_bytes())  # type: ignore[arg-type]
+    (root / "more" / "work9").mkdir(parents=True)
+    sf.write(root / "more" / "work9" / "ref.flac", catalog["refs"]["work1"][::-1].copy(), SR)  # type: ignore[index]
+    refused = csi("index", "build", root / "more", "-o", copy)
+    assert refused.returncode != 0 and b"--update" in refused.stderr
+    updated = csi("index", "build", root / "more", "-o", copy, "--update")
+    assert updated.returncode == 0, updated.stderr.decode()
+    assert ReferenceIndex.load(copy).num_works == 4
+    again = csi("index", "build", root / "more", "-o", copy, "--update")
+    assert b"0 recordings added, 1 skipped" in again.stdout
+    removed = csi("index", "build", "-o", copy, "--remove", "work9")
+    assert removed.returncode == 0 and ReferenceIndex.load(copy).num_works == 3
+
+
+def test_identify_finds_the_work_of_an_excerpt(catalog: dict[str, object], tmp_path: Path) -> None:
+    refs: dict[str, np.ndarray] = catalog["refs"]  # type: ignore[assignment]
+    query = tmp_path / "query.wav"
+    sf.write(query, refs["work1"][7 * SR : 29 * SR], SR)
+    out = csi("identify", query, "--index", catalog["index"], "--json", "-k", "3")
+    assert out.returncode == 0, out.stderr.decode()
+    result = json.loads(out.stdout)
+    assert result["matches"][0]["work_id"] == "work1"
+    # windows of the excerpt are offset by 7 s from the reference's: close, not identical
+    assert result["matches"][0]["best_window_score"] > 0.85
+    assert result["matches"][0]["score"] > result["matches"][1]["score"] + 0.1
+
+
+def test_monitor_reports_the_plays_of_a_broadcast(catalog: dict[str, object], tmp_path: Path) -> None:
+    out_dir = tmp_path / "detections"
+    run = csi("monitor", Path(catalog["root"]) / "stream.wav", "--index", catalog["index"], "--out", out_dir,  # type: ignore[arg-type]
+              "--threshold", "0.9", "--channel", "radio1", "--start-utc", "2026-11-21T10:00:00Z",
+              "--hop-s", "2")  # fmt: skip
+    assert run.returncode == 0, run.stderr.decode()
+    (jsonl,) = out_dir.glob("detections-radio1-20261121.jsonl")
+    detections = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [d["work_id"] for d in detections] == ["work2", "work0"]
+    # truth: work2 0-25 s, work0 40-65 s; a window of 20 s matches once most of it is the work, so
+    # boundaries are found within half a window
+    for d, (start, end) in zip(detections, [(0.0, 25.0), (40.0, 65.0)], strict=True):
+        assert abs(d["query_offset_s"] - start) <= 10.0
+        assert abs(d["query_offset_s"] + d["played_duration_s"] - end) <= 10.0
+    assert detections[0]["start_utc"].startswith("2026-11-21T10:00:0")
+    assert all(d["model_id"].startswith("move-cqtnet") for d in detections)
+    assert list(out_dir.glob("*.csv")) and list(out_dir.glob("*.png"))
+
+
+def test_monitor_reads_raw_pcm_from_stdin(catalog: dict[str, object], tmp_path: Path) -> None:
+    stream: np.ndarray = catalog["stream"]  # type: ignore[assignment]
+    pcm = (np.clip(stream, -1, 1) * 32767).astype("<i2").tobytes()
+    out_dir = tmp_path / "pcm"
+    run = csi("monitor", "-", "--pcm-rate", "16000", "--index", catalog["index"], "--out", out_dir,
+              "--threshold", "0.9", "--channel", "tv", "--hop-s", "2", "--no-plots",
+              stdin=pcm)  # fmt: skip
+    assert run.returncode == 0, run.stderr.decode()
+    lines = next(out_dir.glob("detections-tv-*.jsonl")).read_text().splitlines()
+    assert [json.loads(x)["work_id"] for x in lines] == ["work2", "work0"]
+    missing = csi(
+        "monitor", "-", "--index", catalog["index"], "--out", out_dir, "--threshold", "0.9", stdin=b""
+    )
+    assert missing.returncode != 0 and b"--pcm-rate" in missing.stderr
+
+
+def test_calibrate_picks_a_threshold(catalog: dict[str, object], tmp_path: Path) -> None:
+    refs: dict[str, np.ndarray] = catalog["refs"]  # type: ignore[assignment]
+    rng = np.random.default_rng(3)
+    (tmp_path / "pos").mkdir()
+    rows = ["path,work_id"]
+    for work, audio in refs.items():
+        sf.write(tmp_path / "pos" / f"{work}.wav", audio[5 * SR : 35 * SR], SR)
+        rows.append(f"pos/{work}.wav,{work}")
+    (tmp_path / "positives.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "neg").mkdir()
+    for i in range(6):  # 12 windows of 20 s: enough for a 10% false-alarm target
+        sf.write(tmp_path / "neg" / f"other{i}.wav", tune(rng, 30.0), SR)
+    out = csi("calibrate", "--index", catalog["index"], "--positives", tmp_path / "positives.csv",
+              "--negatives", tmp_path / "neg", "--far", "0.1", "-o", tmp_path / "cal.json")  # fmt: skip
+    assert out.returncode == 0, out.stderr.decode()
+    cal = json.loads((tmp_path / "cal.json").read_text())
+    assert cal["far"] <= 0.1 and cal["n_neg"] >= 10 and 0 < cal["threshold"] <= 1.0
+    assert cal["frr"] < 0.5  # exact excerpts of the references pass the threshold
+
+
+def test_index_of_another_model_is_refused(catalog: dict[str, object], tmp_path: Path) -> None:
+    other = ReferenceIndex(256, model_id="some-other-model")
+    other.add(np.eye(256, dtype=np.float32)[:3], ["a", "b", "c"])
+    other.save(tmp_path / "other.csi")
+    query = Path(catalog["root"]) / "catalog" / "work0" / "reference.wav"  # type: ignore[arg-type]
+    out = csi("identify", query, "--index", tmp_path / "other.csi")
+    assert out.returncode == 2
+    assert b"some-other-model" in out.stderr and b"rebuild the index" in out.stderr
+    assert default_bundle_path().is_dir()

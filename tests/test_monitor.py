@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from csi_runtime import Hit, IndexModelMismatchError, ReferenceIndex
+from csi_runtime import Embedder, Hit, IndexModelMismatchError, ReferenceIndex
 from csi_runtime.monitor import (
     CSV_FIELDS,
     Detection,
@@ -694,6 +694,144 @@ def test_stream_clock_pieces() -> None:
     for bad in ["yesterday", float("nan"), object()]:
         with pytest.raises((ValueError, TypeError)):
             parse_utc(bad)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# The real Embedder and StreamingEmbedder, end to end
+
+AUDIO_SR = 16000
+
+
+@pytest.fixture(scope="module")
+def discriminating_bundle(
+    exported_bundle: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The session's random model with BatchNorm at identity and no output bias, exported with 10 s
+    windows every 5 s (then the model's defaults).
+
+    The session bundle randomises the BatchNorm statistics (to catch export folding errors); through
+    the untrained network those constants swamp the input, so every embedding points the same way
+    (any two inputs score within 1e-6 of 1) and no window can be told from another. Without them
+    the embeddings depend on the input: different tracks score about 1 - 1e-3, the same audio
+    1 - 1e-6 or closer."""
+    torch = pytest.importorskip("torch")
+    from csi_export.build import export_bundle
+    from csi_training.checkpoint import load_checkpoint, save_checkpoint
+
+    root = tmp_path_factory.mktemp("discriminating")
+    ckpt = load_checkpoint(exported_bundle[0])
+    with torch.no_grad():
+        for module in ckpt.encoder.backbone.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.reset_parameters()
+        ckpt.encoder.backbone.embed.bias.zero_()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        path = save_checkpoint(root / "ckpt", ckpt.encoder, ckpt.config, ckpt.info, ckpt.metrics)
+        return export_bundle(path, root / "bundle", window_s=10.0, hop_s=5.0).path
+    finally:
+        torch.set_num_threads(previous)
+
+
+def harmonic_track(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """A random melody in two voices, float32 [seconds × 16 kHz]: notes of 0.15–0.8 s, MIDI 36–83,
+    five partials, percussive envelope, each synthesised over its own span only."""
+    n = round(seconds * AUDIO_SR)
+    out = np.zeros(n, np.float32)
+    for _voice in range(2):
+        t0 = 0.0
+        while t0 < seconds:
+            duration = float(rng.uniform(0.15, 0.8))
+            a, b = round(t0 * AUDIO_SR), min(n, round((t0 + duration) * AUDIO_SR))
+            t = np.arange(b - a) / AUDIO_SR
+            f0 = 440.0 * 2.0 ** ((int(rng.integers(36, 84)) - 69) / 12)
+            envelope = np.minimum(1.0, t / 0.01) * np.exp(-t * rng.uniform(1.0, 6.0))
+            h = np.arange(1, 6)[:, None]
+            note = (0.3 / h * np.sin(2 * np.pi * h * f0 * t + rng.uniform(0, 2 * np.pi, (5, 1)))).sum(axis=0)
+            out[a:b] += (envelope * note).astype(np.float32)
+            t0 += duration
+    return out
+
+
+def test_real_embedder_stream_detects_reference_excerpts(
+    discriminating_bundle: Path, rng: np.random.Generator, tmp_path: Path
+) -> None:
+    """Three synthetic reference tracks indexed window by window; a stream of [reference 2 at 5–35 s,
+    10 s of noise, reference 0 at 0–30 s] pushed in random chunks through Monitor → StreamingEmbedder:
+    two detections, in order, within a hop of the truth, on disk as JSON lines."""
+    pytest.importorskip("onnxruntime")
+    embedder = Embedder(discriminating_bundle, backend="onnxruntime", device="cpu", threads=1)
+    assert (embedder.window_s, embedder.hop_s) == (10.0, 5.0)
+    hop, window = embedder.hop_s, embedder.window_s
+    refs = [harmonic_track(rng, 40.0) for _ in range(3)]
+    index = ReferenceIndex(embedder.dim, dtype="float32", model_id=embedder.model_id)
+    for i, audio in enumerate(refs):
+        segs = embedder.embed_segments(audio, AUDIO_SR)
+        index.add(segs.vectors, f"ref{i}", [{"start_s": float(s)} for s in segs.starts])
+    # (work, offset in the reference, start and end in the stream): offsets are whole hops, so the
+    # excerpt's windows are the reference's windows, on the same audio.
+    plays = [("ref2", hop, 0.0, 30.0), ("ref0", 0.0, 40.0, 70.0)]
+    noise = (0.1 * rng.standard_normal(10 * AUDIO_SR)).astype(np.float32)
+    excerpt, first = 30 * AUDIO_SR, round(hop * AUDIO_SR)
+    stream = np.concatenate([refs[2][first : first + excerpt], noise, refs[0][:excerpt]])
+
+    # The threshold, midway between the scores of the windows inside an excerpt against their
+    # reference and those of windows against works they hold nothing of.
+    offline = embedder.embed_segments(stream, AUDIO_SR)
+    matching, unrelated = [], []
+    for start, end, hits in zip(offline.starts, offline.ends, index.search(offline.vectors, 3, device="cpu")):
+        inside = {w: offset - a for w, offset, a, b in plays if a <= start and end <= b}
+        present = {w for w, _, a, b in plays if start < b and a < end}
+        for h in hits:
+            if h.work_id in inside:
+                matching.append(h.score)
+                # the best reference window is the one on the same audio
+                assert h.metadata["start_s"] == pytest.approx(start + inside[h.work_id])
+            elif h.work_id not in present:
+                unrelated.append(h.score)
+    assert len(matching) == 10
+    assert min(matching) > 1.0 - 1e-5 and min(matching) > max(unrelated), (matching, unrelated)
+    threshold = 0.5 * (min(matching) + max(unrelated))
+
+    origin = parse_utc("2024-05-01T12:00:00Z")
+    sink = DetectionSink(tmp_path)
+    mon = Monitor(embedder, index, channel="live", threshold=threshold, start_utc=origin, sink=sink)
+    got: list[Detection] = []
+    i = 0
+    while i < len(stream):
+        n = int(rng.integers(1, 3 * AUDIO_SR))
+        got += mon.feed(stream[i : i + n])
+        i += n
+    got += mon.close()
+    sink.close()
+    assert mon.position_s == pytest.approx(70.0)
+    assert [d.work_id for d in got] == ["ref2", "ref0"]
+    for d, (_, offset, start, end) in zip(got, plays):
+        t0, t1 = parse_utc(d.start_utc) - origin, parse_utc(d.end_utc) - origin
+        assert abs(t0 - start) <= hop and abs(t1 - end) <= hop, (d, start, end)
+        assert d.query_offset_s == pytest.approx(t0, abs=1e-3)
+        assert d.n_windows >= 5  # every window inside the excerpt supports its work
+        assert threshold <= d.score <= d.peak_score and d.model_id == embedder.model_id
+        assert offset <= d.metadata["start_s"] <= offset + 30.0 - window  # a reference window of the excerpt
+    jsonl = sink.path("detections.jsonl", "live", date(2024, 5, 1))
+    assert jsonl.read_text().splitlines() == [d.to_json() for d in got]
+
+
+# ---------------------------------------------------------------------------------------------
+# Public names
+
+
+def test_moved_names_stay_importable_from_monitor_and_the_package() -> None:
+    import csi_runtime
+    from csi_runtime import detections, monitor, sink, tracker
+
+    for module in (tracker, detections, sink):
+        for name in module.__all__:
+            assert name in monitor.__all__ and getattr(monitor, name) is getattr(module, name)
+    for name in ("Detection", "DetectionSink", "DetectionTracker", "Monitor", "run_monitor", "Segment"):
+        assert getattr(csi_runtime, name) is getattr(monitor, name)
 
 
 # ---------------------------------------------------------------------------------------------

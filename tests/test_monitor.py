@@ -1,15 +1,13 @@
-"""Monitoring: the decision core against hand-computed and offline-reference detections, the Monitor
-on synthetic streams (segments and audio), the sink (durability under SIGKILL, day rollover, plots)
-and metrics."""
+"""Monitor: synthetic streams (segments and audio) against their planned plays, gaps, clocks,
+threads and metrics; the real Embedder and StreamingEmbedder end to end; the public names of
+csi_runtime.monitor. The decision core and the sink have their own tests (test_tracker.py,
+test_sink.py)."""
 
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import math
-import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -21,284 +19,22 @@ from typing import Any
 import numpy as np
 import pytest
 
-from csi_runtime import Hit, IndexModelMismatchError, ReferenceIndex
+from csi_runtime import Embedder, Hit, IndexModelMismatchError, ReferenceIndex
 from csi_runtime.monitor import (
     CSV_FIELDS,
     Detection,
     DetectionSink,
     DetectionTracker,
-    GapRecord,
-    Match,
     Monitor,
     Segment,
     StreamClock,
     parse_utc,
-    plot_timeline,
     read_jsonl,
     run_monitor,
     utc_iso,
 )
 
-W, HOP = 20.0, 10.0  # regular windows of the tracker tests: window i = [10 i, 10 i + 20]
-
-
-def win(i: int) -> tuple[float, float]:
-    return (HOP * i, HOP * i + W)
-
-
-def H(work: str | int, score: float, **meta: Any) -> Hit:
-    return Hit(work, score, meta)
-
-
-SILENT = "silent"
-
-
-def run(tracker: DetectionTracker, windows: list[Any], flush: bool = True) -> list[tuple[int, Match]]:
-    """Feeds windows (lists of hits, or SILENT) at regular times; returns (window index or -1 for
-    the flush, match) for every detection emitted."""
-    out = []
-    for i, hits in enumerate(windows):
-        s, e = win(i)
-        silent = hits is SILENT
-        for m in tracker.update(s, e, [] if silent else hits, silent=silent):
-            out.append((i, m))
-    if flush:
-        out += [(-1, m) for m in tracker.flush()]
-    return out
-
-
-def summary(m: Match) -> tuple[Any, float, float, int]:
-    return (m.work_id, m.start_s, m.end_s, m.n_windows)
-
-
-# ---------------------------------------------------------------------------------------------
-# DetectionTracker, hand-computed
-
-
-def test_one_play_in_the_middle_of_a_stream() -> None:
-    t = DetectionTracker(threshold=0.8, min_windows=2, max_gap_windows=1)
-    other = [H("B", 0.5), H("C", 0.4)]
-    scores = [0.85, 0.9, 0.95, 0.95, 0.9]
-    windows: list[Any] = [other, other]
-    windows += [[H("A", s, version=f"v{i}"), H("B", 0.5)] for i, s in enumerate(scores)]
-    windows += [other, other, other]
-    got = run(t, windows)
-    assert len(got) == 1
-    at, m = got[0]
-    # First support: window 2 (centre 30), previous centre 20 -> start 25. Last support: window 6
-    # (centre 70), next centre 80 -> end 75. Closed by the second miss, window 8.
-    assert at == 8
-    assert summary(m) == ("A", 25.0, 75.0, 5)
-    assert m.score == pytest.approx(np.mean(scores)) and m.peak_score == 0.95
-    assert m.metadata == {"version": "v2"}  # the first window with the peak score
-    assert m.first_window_s == (20.0, 40.0) and m.last_window_s == (60.0, 80.0)
-
-
-def test_play_at_stream_start_and_end_uses_window_extent() -> None:
-    t = DetectionTracker(threshold=0.8)
-    got = run(t, [[H("A", 0.9)]] * 4)
-    assert [(at, summary(m)) for at, m in got] == [(-1, ("A", 0.0, 50.0, 4))]
-
-
-def test_flicker_within_max_gap_is_one_detection_and_splits_without_it() -> None:
-    seq = [[H("A", 0.9)], [H("A", 0.9)], [H("B", 0.95), H("A", 0.9)], [H("A", 0.9)], [H("A", 0.9)]]
-    got = run(DetectionTracker(0.8, min_windows=2, max_gap_windows=1), seq)
-    assert [summary(m) for _, m in got] == [("A", 0.0, 60.0, 4)]
-    got = run(DetectionTracker(0.8, min_windows=2, max_gap_windows=0), seq)
-    # Run 1: windows 0-1, end = mid(centres 20, 30) = 25. Run 2: windows 3-4, start = mid(30, 40) = 35.
-    assert [(at, summary(m)) for at, m in got] == [(2, ("A", 0.0, 25.0, 2)), (-1, ("A", 35.0, 60.0, 2))]
-    # With max_rank=2, A (second, above threshold) keeps its run through window 2; B's single
-    # window never becomes a detection.
-    got = run(DetectionTracker(0.8, min_windows=2, max_gap_windows=0, max_rank=2), seq)
-    assert [summary(m) for _, m in got] == [("A", 0.0, 60.0, 5)]
-
-
-def test_min_windows_and_isolated_supports() -> None:
-    seq = [[H("A", 0.9)], [], [H("A", 0.9)], [], [H("A", 0.9)], []]
-    assert run(DetectionTracker(0.8, min_windows=2, max_gap_windows=0), seq) == []
-    got = run(DetectionTracker(0.8, min_windows=3, max_gap_windows=1), seq)
-    # supports 0, 2, 4; last support 4 (centre 50), window 5 follows (centre 60) -> end 55.
-    assert [summary(m) for _, m in got] == [("A", 0.0, 55.0, 3)]
-    got = run(DetectionTracker(0.8, min_windows=1, max_gap_windows=0), [[], [H("A", 0.9)], []])
-    assert [summary(m) for _, m in got] == [("A", 15.0, 25.0, 1)]
-
-
-def test_switch_from_one_work_to_another() -> None:
-    seq = [[H("A", 0.9), H("B", 0.6)]] * 5 + [[H("B", 0.92), H("A", 0.7)]] * 5
-    got = run(DetectionTracker(0.8), seq)
-    # A: windows 0-4, end = mid(centres 50, 60) = 55, emitted at window 6. B: start 55, end of stream 110.
-    assert [(at, summary(m)) for at, m in got] == [(6, ("A", 0.0, 55.0, 5)), (-1, ("B", 55.0, 110.0, 5))]
-
-
-def test_ties_support_every_tied_work_whatever_the_order() -> None:
-    seq = [[H("A", 0.9), H("B", 0.9), H("C", 0.85)], [H("B", 0.9), H("A", 0.9), H("C", 0.85)]] * 2
-    got = run(DetectionTracker(0.8, max_rank=1), seq)
-    assert sorted(summary(m) for _, m in got) == [("A", 0.0, 50.0, 4), ("B", 0.0, 50.0, 4)]
-    # Emitted by start, then by first appearance: A was listed first in window 0.
-    assert [m.work_id for _, m in got] == ["A", "B"]
-    # A strictly lower second score is not a tie.
-    got = run(DetectionTracker(0.8, max_rank=1), [[H("A", 0.9), H("B", 0.89)]] * 3)
-    assert [m.work_id for _, m in got] == ["A"]
-
-
-def test_two_works_alternating() -> None:
-    seq = [[H("A", 0.9), H("B", 0.7)], [H("B", 0.9), H("A", 0.7)]] * 3
-    got = run(DetectionTracker(0.8, max_gap_windows=1), seq)
-    # A: supports 0, 2, 4 -> start 0, end = mid(50, 60) = 55; B: supports 1, 3, 5 -> start 15, end 70.
-    assert [summary(m) for _, m in got] == [("A", 0.0, 55.0, 3), ("B", 15.0, 70.0, 3)]
-    assert run(DetectionTracker(0.8, max_gap_windows=0), seq) == []
-
-
-def test_silence_closes_and_never_matches() -> None:
-    a = [H("A", 0.9)]
-    seq = [a] * 4 + [SILENT, SILENT] + [a] * 4
-    got = run(DetectionTracker(0.8, max_gap_windows=1), seq)
-    # end = mid(centres 40, 50) = 45; restart start = mid(centres 60, 70) = 65, end of window 9 = 110.
-    assert [(at, summary(m)) for at, m in got] == [(5, ("A", 0.0, 45.0, 4)), (-1, ("A", 65.0, 110.0, 4))]
-    # A silent window ignores any hits it is given.
-    t = DetectionTracker(0.8, min_windows=1)
-    assert t.update(0, 20, [H("A", 0.99)], silent=True) == [] and t.flush() == []
-
-
-def test_below_threshold_and_decision_rule_is_inclusive() -> None:
-    got = run(DetectionTracker(0.8), [[H("A", 0.8)], [H("A", 0.8)], [H("A", 0.7999)]])
-    # score == threshold matches; 0.7999 does not: end = mid(centres 20, 30) = 25.
-    assert [summary(m) for _, m in got] == [("A", 0.0, 25.0, 2)]
-
-
-def test_flush_is_a_break_and_active_reports_open_detections() -> None:
-    t = DetectionTracker(0.8)
-    t.update(0, 20, [H("A", 0.9)])
-    assert t.active() == []  # one window: a candidate, not yet a detection
-    t.update(10, 30, [H("A", 0.95)])
-    (act,) = t.active()
-    assert summary(act) == ("A", 0.0, 30.0, 2)
-    assert t.earliest_pending_s() == 0.0
-    t.update(20, 40, [])
-    (m,) = t.flush()  # e.g. a gap: the window after the last support is known -> midpoint end
-    assert summary(m) == ("A", 0.0, 25.0, 2)
-    # After a flush the next window has no predecessor: a play starts at its start.
-    t.update(100, 120, [H("A", 0.9)])
-    t.update(110, 130, [H("A", 0.9)])
-    assert [summary(m) for m in t.flush()] == [("A", 100.0, 130.0, 2)]
-    assert t.earliest_pending_s() is None
-
-
-def test_bad_input_is_refused() -> None:
-    for bad in [float("nan"), float("inf"), "0.5", None, True]:
-        with pytest.raises(ValueError, match="threshold"):
-            DetectionTracker(bad)  # type: ignore[arg-type]
-    for kw in [{"min_windows": 0}, {"max_gap_windows": -1}, {"max_rank": 0}, {"min_windows": 1.5}]:
-        with pytest.raises(ValueError, match=next(iter(kw))):
-            DetectionTracker(0.5, **kw)  # type: ignore[arg-type]
-    t = DetectionTracker(0.5)
-    with pytest.raises(ValueError, match="start < end"):
-        t.update(10, 10, [])
-    with pytest.raises(ValueError, match="best first"):
-        t.update(0, 20, [H("A", 0.5), H("B", 0.6)])
-    with pytest.raises(ValueError, match="non-finite"):
-        t.update(0, 20, [H("A", float("nan"))])
-    t.update(0, 20, [])
-    with pytest.raises(ValueError, match="increasing start"):
-        t.update(0, 20, [])
-
-
-# ---------------------------------------------------------------------------------------------
-# DetectionTracker against an offline reference on random sequences
-
-
-def offline_reference(
-    windows: list[tuple[float, float]],
-    hits: list[list[Hit] | None],
-    threshold: float,
-    min_windows: int,
-    max_gap: int,
-    max_rank: int,
-) -> list[tuple[int, Match]]:
-    """The same rules computed with the whole sequence in view: per work, runs of supporting
-    windows split where more than max_gap windows in a row do not support it."""
-    n = len(windows)
-    centres = [(s + e) / 2 for s, e in windows]
-    support: list[dict[Any, Hit]] = []
-    created: dict[Any, tuple[int, int]] = {}
-    for hs in hits:
-        sup: dict[Any, Hit] = {}
-        if hs:
-            cut = hs[min(max_rank, len(hs)) - 1].score
-            for h in hs:
-                if h.score >= cut and h.score >= threshold and h.work_id not in sup:
-                    sup[h.work_id] = h
-        support.append(sup)
-    out = []
-    works = list(dict.fromkeys(w for sup in support for w in sup))
-    for w in works:
-        idx = [i for i in range(n) if w in support[i]]
-        runs: list[list[int]] = [[idx[0]]]
-        for a, b in itertools.pairwise(idx):
-            if b - a - 1 > max_gap:
-                runs.append([b])
-            else:
-                runs[-1].append(b)
-        prev_end = -math.inf
-        for r in runs:
-            f, last = r[0], r[-1]
-            created[(w, f)] = (f, list(support[f]).index(w))
-            if len(r) < min_windows:
-                continue
-            start = windows[f][0] if f == 0 else max(windows[f][0], (centres[f - 1] + centres[f]) / 2)
-            start = max(start, prev_end)
-            end = windows[last][1]
-            if last < n - 1:
-                end = min(end, (centres[last] + centres[last + 1]) / 2)
-            end = max(end, start)
-            prev_end = end
-            scores = [support[i][w].score for i in r]
-            peak = max(scores)
-            meta = support[r[scores.index(peak)]][w].metadata
-            closed_at = last + max_gap + 1 if last + max_gap + 1 < n else -1
-            m = Match(w, start, end, sum(scores) / len(scores), peak, len(r), meta, windows[f], windows[last])
-            out.append((closed_at, created[(w, f)], m))
-    out.sort(key=lambda x: (x[0] if x[0] >= 0 else n, x[2].start_s, x[1]))
-    return [(at, m) for at, _, m in out]
-
-
-def test_tracker_equals_offline_reference_on_random_sequences(rng: np.random.Generator) -> None:
-    works: list[str | int] = ["a", "b", "c", 7]
-    levels = [0.3, 0.5, 0.7, 0.8, 0.9]
-    for _ in range(300):
-        n = int(rng.integers(1, 50))
-        length = float(rng.choice([5.0, 20.0]))
-        starts = np.cumsum(rng.choice([1.0, 5.0, 10.0, 25.0], size=n)) - 1.0
-        windows = [(float(s), float(s) + length) for s in starts]
-        hits: list[list[Hit] | None] = []
-        for i in range(n):
-            u = rng.random()
-            if u < 0.1:
-                hits.append(None)  # silent
-                continue
-            chosen = [w for w in works if rng.random() < 0.6] if u > 0.15 else []
-            scored = [(float(rng.choice(levels)), w) for w in chosen]
-            scored.sort(key=lambda x: -x[0])  # stable: ties keep a random order
-            hits.append([Hit(w, s, {"w": str(w), "i": i}) for s, w in scored])
-        params = {
-            "threshold": 0.7,
-            "min_windows": int(rng.integers(1, 4)),
-            "max_gap_windows": int(rng.integers(0, 3)),
-            "max_rank": int(rng.integers(1, 4)),
-        }
-        tracker = DetectionTracker(**params)  # type: ignore[arg-type]
-        got = []
-        for i, (s, e) in enumerate(windows):
-            got += [(i, m) for m in tracker.update(s, e, hits[i] or [], silent=hits[i] is None)]
-        got += [(-1, m) for m in tracker.flush()]
-        expected = offline_reference(
-            windows, hits, 0.7, params["min_windows"], params["max_gap_windows"], params["max_rank"]
-        )
-        assert got == expected, (params, windows, hits)
-        for w in works:  # one work never overlaps itself
-            spans = sorted((m.start_s, m.end_s) for _, m in got if m.work_id == w)
-            assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
-            assert all(s <= e for s, e in spans)
+W, HOP = 20.0, 10.0  # regular windows of the synthetic streams: window i = [10 i, 10 i + 20]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -961,206 +697,141 @@ def test_stream_clock_pieces() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sink: durability, reopening, day files, plots
+# The real Embedder and StreamingEmbedder, end to end
+
+AUDIO_SR = 16000
 
 
-def detection(
-    start: str, end: str, work: str | int = "w1", channel: str = "c", score: float = 0.9
-) -> Detection:
-    u0, u1 = parse_utc(start), parse_utc(end)
-    return Detection(
-        channel=channel,
-        start_utc=utc_iso(u0),
-        end_utc=utc_iso(u1),
-        played_duration_s=round(u1 - u0, 3),
-        query_offset_s=0.0,
-        work_id=work,
-        score=score,
-        peak_score=score,
-        metadata={"title": 'Ça va, "quoted", with,commas'},
-        model_id=MODEL,
-        n_windows=3,
-    )
+@pytest.fixture(scope="module")
+def discriminating_bundle(
+    exported_bundle: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The session's random model with BatchNorm at identity and no output bias, exported with 10 s
+    windows every 5 s (then the model's defaults).
 
+    The session bundle randomises the BatchNorm statistics (to catch export folding errors); through
+    the untrained network those constants swamp the input, so every embedding points the same way
+    (any two inputs score within 1e-6 of 1) and no window can be told from another. Without them
+    the embeddings depend on the input: different tracks score about 1 - 1e-3, the same audio
+    1 - 1e-6 or closer."""
+    torch = pytest.importorskip("torch")
+    from csi_export.build import export_bundle
+    from csi_training.checkpoint import load_checkpoint, save_checkpoint
 
-def gap_record(start: str, seconds: float, channel: str = "c") -> GapRecord:
-    u0 = parse_utc(start)
-    return GapRecord(channel, utc_iso(u0), utc_iso(u0 + seconds), seconds, 0.0, "dropout")
-
-
-KILL_CHILD = """
-import sys
-import numpy as np
-from csi_runtime import ReferenceIndex
-from csi_runtime.monitor import DetectionSink, Monitor, Segment
-
-d = 16
-refs = np.random.default_rng(0).standard_normal((4, d))
-refs = (refs / np.linalg.norm(refs, axis=1, keepdims=True)).astype(np.float32)
-index = ReferenceIndex(d, dtype="float32")
-index.add(refs, ["a", "b", "c", 4])
-mon = Monitor(None, index, channel="kill", threshold=0.9, start_utc=0, sink=DetectionSink(sys.argv[1]),
-              search_threads=1)
-t, i = 0.0, 0
-while True:  # each work for 3 windows, then 2 silent windows that close its detection
-    segs = [Segment(t + 10 * j, t + 10 * j + 20, refs[i % 4]) for j in range(3)]
-    segs += [Segment(t + 30 + 10 * j, t + 50 + 10 * j, np.zeros(d, np.float32)) for j in range(2)]
-    for det in mon.process(segs):
-        print(det.to_json(), flush=True)  # after the sink returned
-    t, i = t + 50, i + 1
-"""
-
-
-def test_killed_monitor_loses_no_emitted_detection(tmp_path: Path) -> None:
-    script = tmp_path / "child.py"
-    script.write_text(KILL_CHILD)
-    out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    emitted: list[str] = []
+    root = tmp_path_factory.mktemp("discriminating")
+    ckpt = load_checkpoint(exported_bundle[0])
+    with torch.no_grad():
+        for module in ckpt.encoder.backbone.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.reset_parameters()
+        ckpt.encoder.backbone.embed.bias.zero_()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        assert proc.stdout is not None
-        while len(emitted) < 25:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            emitted.append(line.rstrip("\n"))
+        path = save_checkpoint(root / "ckpt", ckpt.encoder, ckpt.config, ckpt.info, ckpt.metrics)
+        return export_bundle(path, root / "bundle", window_s=10.0, hop_s=5.0).path
     finally:
-        proc.send_signal(signal.SIGKILL)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-    assert len(emitted) == 25, err
-    jsonl = out / "detections-kill-19700101.jsonl"
-    lines = jsonl.read_bytes().split(b"\n")
-    complete = [ln.decode() for ln in lines[:-1]]  # the part after the last newline may be cut short
-    assert complete[: len(emitted)] == emitted  # every emitted detection is on disk, in order
-    assert all(json.loads(ln)["channel"] == "kill" for ln in complete)
-    with open(out / "detections-kill-19700101.csv", newline="") as fh:
-        rows = list(csv.reader(fh))
-    assert tuple(rows[0]) == CSV_FIELDS
-    emitted_starts = [json.loads(e)["start_utc"] for e in emitted]
-    assert [r[1] for r in rows[1 : 1 + len(emitted)]] == emitted_starts
-    # A new sink continues the files cleanly (a partial last line, if any, is cut off).
-    with DetectionSink(out) as sink:
-        sink.write(detection("1970-01-01T23:00:00Z", "1970-01-01T23:03:00Z", channel="kill"))
-    records = read_jsonl(jsonl)
-    assert [
-        json.dumps(r, separators=(",", ":"), ensure_ascii=False) for r in records[: len(emitted)]
-    ] == emitted
-    assert records[-1]["start_utc"] == "1970-01-01T23:00:00.000Z"
-    assert jsonl.read_bytes().endswith(b"\n")
+        torch.set_num_threads(previous)
 
 
-def test_reopening_cuts_a_partial_line_and_checks_the_csv_header(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def harmonic_track(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """A random melody in two voices, float32 [seconds × 16 kHz]: notes of 0.15–0.8 s, MIDI 36–83,
+    five partials, percussive envelope, each synthesised over its own span only."""
+    n = round(seconds * AUDIO_SR)
+    out = np.zeros(n, np.float32)
+    for _voice in range(2):
+        t0 = 0.0
+        while t0 < seconds:
+            duration = float(rng.uniform(0.15, 0.8))
+            a, b = round(t0 * AUDIO_SR), min(n, round((t0 + duration) * AUDIO_SR))
+            t = np.arange(b - a) / AUDIO_SR
+            f0 = 440.0 * 2.0 ** ((int(rng.integers(36, 84)) - 69) / 12)
+            envelope = np.minimum(1.0, t / 0.01) * np.exp(-t * rng.uniform(1.0, 6.0))
+            h = np.arange(1, 6)[:, None]
+            note = (0.3 / h * np.sin(2 * np.pi * h * f0 * t + rng.uniform(0, 2 * np.pi, (5, 1)))).sum(axis=0)
+            out[a:b] += (envelope * note).astype(np.float32)
+            t0 += duration
+    return out
+
+
+def test_real_embedder_stream_detects_reference_excerpts(
+    discriminating_bundle: Path, rng: np.random.Generator, tmp_path: Path
 ) -> None:
-    d1 = detection("2024-02-29T10:00:00Z", "2024-02-29T10:03:00Z", work=17)
-    d2 = detection("2024-02-29T11:00:00Z", "2024-02-29T11:04:30.250Z", work="w2")
-    with DetectionSink(tmp_path) as sink:
-        sink.write(d1)
-    jsonl = sink.path("detections.jsonl", "c", date(2024, 2, 29))
-    csv_path = sink.path("detections.csv", "c", date(2024, 2, 29))
-    with open(jsonl, "ab") as fh:
-        fh.write(b'{"channel":"c","start_u')
-    with open(csv_path, "ab") as fh:
-        fh.write(b"c,2024-02-29T1")
-    with caplog.at_level("WARNING", logger="csi_runtime.monitor"), DetectionSink(tmp_path) as sink:
-        sink.write(d2)
-    assert sum("partial last line" in r.getMessage() for r in caplog.records) == 2
-    assert [Detection.from_dict(r) for r in read_jsonl(jsonl)] == [d1, d2]
-    with open(csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    assert [(r["work_id"], r["end_utc"], json.loads(r["metadata"])) for r in rows] == [
-        ("17", d1.end_utc, d1.metadata),
-        ("w2", "2024-02-29T11:04:30.250Z", d2.metadata),
-    ]
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "detections-c-20240229.csv").write_text("a,b,c\n")
-    with DetectionSink(other) as sink, pytest.raises(ValueError, match="other columns"):
-        sink.write(d1)
-    with pytest.raises(NotADirectoryError):
-        DetectionSink(other / "detections-c-20240229.csv")
+    """Three synthetic reference tracks indexed window by window; a stream of [reference 2 at 5–35 s,
+    10 s of noise, reference 0 at 0–30 s] pushed in random chunks through Monitor → StreamingEmbedder:
+    two detections, in order, within a hop of the truth, on disk as JSON lines."""
+    pytest.importorskip("onnxruntime")
+    embedder = Embedder(discriminating_bundle, backend="onnxruntime", device="cpu", threads=1)
+    assert (embedder.window_s, embedder.hop_s) == (10.0, 5.0)
+    hop, window = embedder.hop_s, embedder.window_s
+    refs = [harmonic_track(rng, 40.0) for _ in range(3)]
+    index = ReferenceIndex(embedder.dim, dtype="float32", model_id=embedder.model_id)
+    for i, audio in enumerate(refs):
+        segs = embedder.embed_segments(audio, AUDIO_SR)
+        index.add(segs.vectors, f"ref{i}", [{"start_s": float(s)} for s in segs.starts])
+    # (work, offset in the reference, start and end in the stream): offsets are whole hops, so the
+    # excerpt's windows are the reference's windows, on the same audio.
+    plays = [("ref2", hop, 0.0, 30.0), ("ref0", 0.0, 40.0, 70.0)]
+    noise = (0.1 * rng.standard_normal(10 * AUDIO_SR)).astype(np.float32)
+    excerpt, first = 30 * AUDIO_SR, round(hop * AUDIO_SR)
+    stream = np.concatenate([refs[2][first : first + excerpt], noise, refs[0][:excerpt]])
 
+    # The threshold, midway between the scores of the windows inside an excerpt against their
+    # reference and those of windows against works they hold nothing of.
+    offline = embedder.embed_segments(stream, AUDIO_SR)
+    matching, unrelated = [], []
+    for start, end, hits in zip(offline.starts, offline.ends, index.search(offline.vectors, 3, device="cpu")):
+        inside = {w: offset - a for w, offset, a, b in plays if a <= start and end <= b}
+        present = {w for w, _, a, b in plays if start < b and a < end}
+        for h in hits:
+            if h.work_id in inside:
+                matching.append(h.score)
+                # the best reference window is the one on the same audio
+                assert h.metadata["start_s"] == pytest.approx(start + inside[h.work_id])
+            elif h.work_id not in present:
+                unrelated.append(h.score)
+    assert len(matching) == 10
+    assert min(matching) > 1.0 - 1e-5 and min(matching) > max(unrelated), (matching, unrelated)
+    threshold = 0.5 * (min(matching) + max(unrelated))
 
-def test_day_rollover_opens_new_files_and_plots_finished_days(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
-    import matplotlib.image
-
-    sink = DetectionSink(tmp_path, plots=True)
-    day1, day2 = date(2024, 12, 31), date(2025, 1, 1)
-    sink.write(detection("2024-12-31T02:00:00Z", "2024-12-31T04:00:00Z", work="early"))
-    sink.write_gap(gap_record("2024-12-31T10:00:00Z", 1800))
-    sink.write(detection("2024-12-31T20:00:00Z", "2024-12-31T22:00:00Z", work="late"))
-    sink.write(detection("2024-12-31T23:58:00Z", "2025-01-01T00:02:00Z", work="midnight"))  # day of start
-    assert not sink.path("timeline.png", "c", day1).exists()
-    sink.write(detection("2025-01-01T00:10:00Z", "2025-01-01T00:13:00Z", work="new year"))
-    png1 = sink.path("timeline.png", "c", day1)
-    assert png1.exists()  # the rollover finished day 1
-    assert [r["work_id"] for r in read_jsonl(sink.path("detections.jsonl", "c", day1))] == [
-        "early",
-        "late",
-        "midnight",
-    ]
-    assert [r["work_id"] for r in read_jsonl(sink.path("detections.jsonl", "c", day2))] == ["new year"]
-    assert len(read_jsonl(sink.path("gaps.jsonl", "c", day1))) == 1
+    origin = parse_utc("2024-05-01T12:00:00Z")
+    sink = DetectionSink(tmp_path)
+    mon = Monitor(embedder, index, channel="live", threshold=threshold, start_utc=origin, sink=sink)
+    got: list[Detection] = []
+    i = 0
+    while i < len(stream):
+        n = int(rng.integers(1, 3 * AUDIO_SR))
+        got += mon.feed(stream[i : i + n])
+        i += n
+    got += mon.close()
     sink.close()
-    assert sink.path("timeline.png", "c", day2).exists()
-    assert png1.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    img = matplotlib.image.imread(png1)
-    assert img.ndim == 3 and img.shape[0] > 150 and img.shape[1] > 1000
-    # All bars have the same colour (equal scores); find its pixel columns in the bar lane: the
-    # bars at 02-04 h and 20-22 h must sit 18 bar-widths apart (the colour bar lies beyond 24 h).
-    rgb = img[..., :3]
-    bar = np.array(matplotlib.colormaps["viridis"](0.0)[:3])
-    cols = np.flatnonzero((np.abs(rgb - bar).sum(axis=2) < 0.05).sum(axis=0) > 5)
-    runs = np.split(cols, np.flatnonzero(np.diff(cols) > 1) + 1)
-    (a0, a1), (b0, _) = (runs[0][0], runs[0][-1]), (runs[1][0], runs[1][-1])
-    assert (b0 - a0) / (a1 - a0 + 1) == pytest.approx(9.0, rel=0.05)
+    assert mon.position_s == pytest.approx(70.0)
+    assert [d.work_id for d in got] == ["ref2", "ref0"]
+    for d, (_, offset, start, end) in zip(got, plays):
+        t0, t1 = parse_utc(d.start_utc) - origin, parse_utc(d.end_utc) - origin
+        assert abs(t0 - start) <= hop and abs(t1 - end) <= hop, (d, start, end)
+        assert d.query_offset_s == pytest.approx(t0, abs=1e-3)
+        assert d.n_windows >= 5  # every window inside the excerpt supports its work
+        assert threshold <= d.score <= d.peak_score and d.model_id == embedder.model_id
+        assert offset <= d.metadata["start_s"] <= offset + 30.0 - window  # a reference window of the excerpt
+    jsonl = sink.path("detections.jsonl", "live", date(2024, 5, 1))
+    assert jsonl.read_text().splitlines() == [d.to_json() for d in got]
 
 
-def test_plot_timeline_of_an_empty_day_and_many_overlaps(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
-    out = plot_timeline([], [], tmp_path / "empty.png", channel="c", day=date(2024, 1, 1))
-    assert out.read_bytes()[:4] == b"\x89PNG"
-    many = [detection(f"2024-01-01T10:{m:02d}:00Z", "2024-01-01T11:00:00Z", work=f"w{m}") for m in range(30)]
-    out = plot_timeline(
-        many,
-        [gap_record("2024-01-01T12:00:00Z", 60)],
-        tmp_path / "many.png",
-        channel="c",
-        day=date(2024, 1, 1),
-    )
-    assert out.stat().st_size > 1000
+# ---------------------------------------------------------------------------------------------
+# Public names
 
 
-def test_sink_is_safe_for_many_threads(tmp_path: Path) -> None:
-    sink = DetectionSink(tmp_path, fsync=False)
-    per_thread = 50
+def test_moved_names_stay_importable_from_monitor_and_the_package() -> None:
+    import csi_runtime
+    from csi_runtime import detections, monitor, sink, tracker
 
-    def writer(k: int) -> None:
-        for i in range(per_thread):
-            sink.write(
-                detection(
-                    f"2024-01-01T{k:02d}:{i // 60:02d}:{i % 60:02d}Z",
-                    "2024-01-01T23:00:00Z",
-                    work=i,
-                    channel=f"ch{k % 4}",
-                )
-            )
-
-    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    sink.close()
-    for ch in range(4):
-        records = read_jsonl(sink.path("detections.jsonl", f"ch{ch}", date(2024, 1, 1)))
-        assert len(records) == 2 * per_thread
-        with open(sink.path("detections.csv", f"ch{ch}", date(2024, 1, 1)), newline="") as fh:
-            assert len(list(csv.DictReader(fh))) == 2 * per_thread
+    for module in (tracker, detections, sink):
+        for name in module.__all__:
+            assert name in monitor.__all__ and getattr(monitor, name) is getattr(module, name)
+    for name in ("Detection", "DetectionSink", "DetectionTracker", "Monitor", "run_monitor", "Segment"):
+        assert getattr(csi_runtime, name) is getattr(monitor, name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,15 +8,18 @@ Public API::
 
 from csi_runtime.bundle import BundleError, EngineMismatchError, ModelBundle, load_bundle
 from csi_runtime.calibrate import Calibration, calibrate_threshold
+from csi_runtime.detections import Detection
 from csi_runtime.embedder import Embedder, Segments
 from csi_runtime.errors import CudaUnavailableError, IndexFileError, IndexModelMismatchError, NonFiniteError
 from csi_runtime.index import Hit, ReferenceIndex
 from csi_runtime.info import __version__, build_info
-from csi_runtime.monitor import Detection, DetectionSink, DetectionTracker, Monitor, run_monitor
+from csi_runtime.monitor import Monitor, run_monitor
 from csi_runtime.quantize import dequantize_int8, quantize_int8
 from csi_runtime.ranking import CPU_MAX_K, cuda_max_k, topk
+from csi_runtime.sink import DetectionSink
 from csi_runtime.streaming import Segment, StreamingEmbedder
 from csi_runtime.threads import default_threads, set_num_threads
+from csi_runtime.tracker import DetectionTracker
 
 __all__ = [
     "CPU_MAX_K",

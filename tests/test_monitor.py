@@ -702,39 +702,6 @@ def test_stream_clock_pieces() -> None:
 AUDIO_SR = 16000
 
 
-@pytest.fixture(scope="module")
-def discriminating_bundle(
-    exported_bundle: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """The session's random model with BatchNorm at identity and no output bias, exported with 10 s
-    windows every 5 s (then the model's defaults).
-
-    The session bundle randomises the BatchNorm statistics (to catch export folding errors); through
-    the untrained network those constants swamp the input, so every embedding points the same way
-    (any two inputs score within 1e-6 of 1) and no window can be told from another. Without them
-    the embeddings depend on the input: different tracks score about 1 - 1e-3, the same audio
-    1 - 1e-6 or closer."""
-    torch = pytest.importorskip("torch")
-    from csi_export.build import export_bundle
-    from csi_training.checkpoint import load_checkpoint, save_checkpoint
-
-    root = tmp_path_factory.mktemp("discriminating")
-    ckpt = load_checkpoint(exported_bundle[0])
-    with torch.no_grad():
-        for module in ckpt.encoder.backbone.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.reset_running_stats()
-                module.reset_parameters()
-        ckpt.encoder.backbone.embed.bias.zero_()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        path = save_checkpoint(root / "ckpt", ckpt.encoder, ckpt.config, ckpt.info, ckpt.metrics)
-        return export_bundle(path, root / "bundle", window_s=10.0, hop_s=5.0).path
-    finally:
-        torch.set_num_threads(previous)
-
-
 def harmonic_track(rng: np.random.Generator, seconds: float) -> np.ndarray:
     """A random melody in two voices, float32 [seconds × 16 kHz]: notes of 0.15–0.8 s, MIDI 36–83,
     five partials, percussive envelope, each synthesised over its own span only."""
@@ -755,20 +722,17 @@ def harmonic_track(rng: np.random.Generator, seconds: float) -> np.ndarray:
     return out
 
 
-def test_real_embedder_stream_detects_reference_excerpts(
-    discriminating_bundle: Path, rng: np.random.Generator, tmp_path: Path
-) -> None:
+def test_real_embedder_stream_detects_reference_excerpts(rng: np.random.Generator, tmp_path: Path) -> None:
     """Three synthetic reference tracks indexed window by window; a stream of [reference 2 at 5–35 s,
     10 s of noise, reference 0 at 0–30 s] pushed in random chunks through Monitor → StreamingEmbedder:
     two detections, in order, within a hop of the truth, on disk as JSON lines."""
     pytest.importorskip("onnxruntime")
-    embedder = Embedder(discriminating_bundle, backend="onnxruntime", device="cpu", threads=1)
-    assert (embedder.window_s, embedder.hop_s) == (10.0, 5.0)
-    hop, window = embedder.hop_s, embedder.window_s
+    embedder = Embedder(backend="onnxruntime", device="cpu", threads=1)  # the packaged model
+    hop, window = 5.0, 10.0
     refs = [harmonic_track(rng, 40.0) for _ in range(3)]
     index = ReferenceIndex(embedder.dim, dtype="float32", model_id=embedder.model_id)
     for i, audio in enumerate(refs):
-        segs = embedder.embed_segments(audio, AUDIO_SR)
+        segs = embedder.embed_segments(audio, AUDIO_SR, window_s=window, hop_s=hop)
         index.add(segs.vectors, f"ref{i}", [{"start_s": float(s)} for s in segs.starts])
     # (work, offset in the reference, start and end in the stream): offsets are whole hops, so the
     # excerpt's windows are the reference's windows, on the same audio.
@@ -779,7 +743,7 @@ def test_real_embedder_stream_detects_reference_excerpts(
 
     # The threshold, midway between the scores of the windows inside an excerpt against their
     # reference and those of windows against works they hold nothing of.
-    offline = embedder.embed_segments(stream, AUDIO_SR)
+    offline = embedder.embed_segments(stream, AUDIO_SR, window_s=window, hop_s=hop)
     matching, unrelated = [], []
     for start, end, hits in zip(offline.starts, offline.ends, index.search(offline.vectors, 3, device="cpu")):
         inside = {w: offset - a for w, offset, a, b in plays if a <= start and end <= b}
@@ -792,12 +756,23 @@ def test_real_embedder_stream_detects_reference_excerpts(
             elif h.work_id not in present:
                 unrelated.append(h.score)
     assert len(matching) == 10
-    assert min(matching) > 1.0 - 1e-5 and min(matching) > max(unrelated), (matching, unrelated)
+    # the same audio gives the same embedding, up to the frames at the edges of a window whose
+    # context differs (the stream's first window has silence before it, the reference's has music)
+    assert min(matching) > 1.0 - 1e-3 and min(matching) > max(unrelated), (matching, unrelated)
     threshold = 0.5 * (min(matching) + max(unrelated))
 
     origin = parse_utc("2024-05-01T12:00:00Z")
     sink = DetectionSink(tmp_path)
-    mon = Monitor(embedder, index, channel="live", threshold=threshold, start_utc=origin, sink=sink)
+    mon = Monitor(
+        embedder,
+        index,
+        channel="live",
+        threshold=threshold,
+        start_utc=origin,
+        sink=sink,
+        window_s=window,
+        hop_s=hop,
+    )
     got: list[Detection] = []
     i = 0
     while i < len(stream):

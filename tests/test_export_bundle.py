@@ -79,6 +79,11 @@ def test_graphs_are_clean_with_dynamic_axes(exported: tuple[Path, Path], graph: 
         assert dims == ["batch", 84, "frames"]
         assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["batch", 64]
     assert (count_float16_tensors(model) > 0) == (graph == "encoder_fp16")
+    if graph != "frontend":  # time pooling is one ceil-mode MaxPool, not Slice + Concat + MaxPool
+        pools = [n for n in model.graph.node if n.op_type == "MaxPool"]
+        producers = {o: n.op_type for n in model.graph.node for o in n.output}
+        assert len(pools) == 4 and all(producers.get(n.input[0]) != "Concat" for n in pools)
+        assert all(a.i == 1 for n in pools for a in n.attribute if a.name == "ceil_mode")
 
 
 def test_encoder_graphs_match_torch_at_every_batch_and_length(

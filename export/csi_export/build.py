@@ -26,6 +26,7 @@ import onnx
 import torch
 
 from csi_export.bundle_writer import write_bundle
+from csi_export.graph_passes import ceil_max_pool
 from csi_export.onnx_graphs import EXPORTER, OPSET, Axis, ExportError, export_graph, graph_summary
 from csi_export.parity import ParityReport, check_parity
 from csi_export.precision import to_float16
@@ -171,6 +172,8 @@ def export_bundle(
         {0: Axis("batch"), 2: Axis("frames", min=min_frames)},
         opset,
     )
+    if ceil_max_pool(encoder_graph):
+        onnx.checker.check_model(encoder_graph, full_check=True)
     _check_ops(frontend_graph, "frontend graph")
     _check_ops(encoder_graph, "encoder graph")
     files: dict[str, bytes] = {

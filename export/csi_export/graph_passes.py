@@ -10,13 +10,15 @@ activation map once more; ONNX's MaxPool has ``ceil_mode`` and computes the same
 
 from __future__ import annotations
 
+from typing import Any
+
 import onnx
 from onnx import helper
 
 __all__ = ["ceil_max_pool", "drop_unused_initializers"]
 
 
-def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 

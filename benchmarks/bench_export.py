@@ -63,7 +63,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("bench-export")
     path = export_bundle(DEFAULT_CHECKPOINT, root / "bundle", ort_optimize=True, window_s=WINDOW_S).path
     b = load_bundle(path)
-    assert b.model_id == load_bundle(default_bundle_path()).model_id  # the same graphs as the package's
+    packaged = load_bundle(default_bundle_path()).manifest["source"]["weights_sha256"]
+    assert b.manifest["source"]["weights_sha256"] == packaged  # the same weights as the package's model
     clips, _ = rendered_audio(b.sample_rate)
     features = [
         ort.InferenceSession(str(b.graph_path("frontend"))).run(None, {"waveform": b.pad_for_file(c[None])})[

@@ -21,6 +21,7 @@ Every source is a context manager and iterates once; ``close()`` may be called f
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import math
@@ -402,7 +403,7 @@ def _utc_now() -> datetime:
 # sources
 
 
-class AudioSource:
+class AudioSource(abc.ABC):
     """Base of the sources: events at ``sample_rate`` in chunks of ``chunk_s`` seconds.
 
     Iterate once (``for event in source``); a context manager; ``close()`` is thread-safe and
@@ -433,8 +434,9 @@ class AudioSource:
             self._iterated = True
         return self._events()
 
+    @abc.abstractmethod
     def _events(self) -> Iterator[SourceEvent]:
-        raise NotImplementedError
+        """The source's events, produced once (each subclass reads its own input)."""
 
     @property
     def closed(self) -> bool:
@@ -446,7 +448,7 @@ class AudioSource:
             self._closed.set()
         self._release()
 
-    def _release(self) -> None:
+    def _release(self) -> None:  # noqa: B027 - optional hook: most sources hold nothing to free
         """Frees what the source holds (called by close, possibly from another thread)."""
 
     def __enter__(self) -> AudioSource:

@@ -145,3 +145,17 @@ def test_state_errors(embedder: Embedder, tmp_path: Path) -> None:
         stream.push(np.zeros(10, np.float32))
     with pytest.raises(ValueError, match="needs ≥"):
         StreamingEmbedder(embedder, window_s=1.0)
+
+
+@pytest.mark.parametrize("offset", [0, -5824, 1000])
+def test_frame_peaks_against_a_loop(rng: np.random.Generator, offset: int) -> None:
+    from csi_runtime.embedder import frame_peaks
+
+    x = rng.standard_normal(int(rng.integers(1, 50_000))).astype(np.float32)
+    hop, n = 3200, int(rng.integers(1, 20))
+    expected = np.zeros(n, np.float32)
+    for t in range(n):
+        lo, hi = t * hop - offset, (t + 1) * hop - offset
+        part = np.abs(x[max(lo, 0) : max(min(hi, len(x)), 0)])
+        expected[t] = part.max() if len(part) else 0.0
+    np.testing.assert_array_equal(frame_peaks(x, hop, n, offset=offset), expected)

@@ -309,14 +309,11 @@ class Embedder:
 
 def frame_peaks(samples: np.ndarray, hop_samples: int, n_frames: int, offset: int = 0) -> np.ndarray:
     """Peak |sample| per frame [n_frames]: frame t covers samples [t * hop, (t + 1) * hop) of the audio
-    (minus ``offset``, the index of the audio's first sample), the samples its centre lies among."""
-    peaks = np.zeros(n_frames, np.float32)
-    if len(samples) == 0 or n_frames == 0:
-        return peaks
-    a = np.abs(samples)
-    starts = np.arange(n_frames) * hop_samples - offset
-    for t in range(n_frames):
-        lo, hi = max(starts[t], 0), max(min(starts[t] + hop_samples, len(a)), 0)
-        if hi > lo:
-            peaks[t] = a[lo:hi].max()
-    return peaks
+    (minus ``offset``, the index of the audio's first sample), the samples its centre lies among;
+    samples outside the audio count as silence."""
+    lo = -offset  # index in `samples` of frame 0's first sample
+    span = np.zeros(n_frames * hop_samples, np.float32)
+    src_lo, src_hi = max(lo, 0), min(lo + len(span), len(samples))
+    if src_hi > src_lo:
+        span[src_lo - lo : src_hi - lo] = np.abs(samples[src_lo:src_hi])
+    return span.reshape(n_frames, hop_samples).max(axis=1, initial=0.0)

@@ -1,6 +1,7 @@
-"""csi_export.tensorrt_engine: argument and graph checks (everywhere, before TensorRT is imported),
-the messages when TensorRT or a GPU is missing, the engine-tag check before deserialisation, and,
-where TensorRT, cuda-python and a GPU are present, a real build → load → run against onnxruntime.
+"""csi_export.tensorrt_engine and the runtime half it re-exports (csi_runtime.tensorrt_runtime):
+argument and graph checks (everywhere, before TensorRT is imported), the messages when TensorRT or
+a GPU is missing, the engine-tag check before deserialisation, and, where TensorRT, cuda-python and
+a GPU are present, a real build → load → run against onnxruntime.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from csi_export import tensorrt_engine as te  # noqa: E402
 from csi_export.trt_ops import UnsupportedOpsError  # noqa: E402
+from csi_runtime import tensorrt_runtime as tr  # noqa: E402
 from csi_runtime.bundle import EngineMismatchError, ModelBundle  # noqa: E402
 
 N_FEATURES = 12
@@ -249,7 +251,7 @@ def _fake_cudart(count: int, current: int = 0, count_error: int = 0) -> Any:
 
 
 def test_gpu_queries_through_cuda_python(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(te, "_cuda_runtime", lambda: _fake_cudart(count=2, current=1))
+    monkeypatch.setattr(tr, "_cuda_runtime", lambda: _fake_cudart(count=2, current=1))
     assert te.gpu_compute_capability(0) == (8, 0)
     assert te.gpu_compute_capability(1) == (9, 1)
     assert te.gpu_name(1) == "NVIDIA Test GPU"
@@ -258,16 +260,16 @@ def test_gpu_queries_through_cuda_python(monkeypatch: pytest.MonkeyPatch) -> Non
         te.gpu_compute_capability(2)
     with pytest.raises(ValueError, match="device must be a CUDA device index"):
         te.gpu_compute_capability(-1)
-    monkeypatch.setattr(te, "_cuda_runtime", lambda: _fake_cudart(count=0, count_error=100))
+    monkeypatch.setattr(tr, "_cuda_runtime", lambda: _fake_cudart(count=0, count_error=100))
     with pytest.raises(te.GPUUnavailableError, match=r"cudaGetDeviceCount failed with cudaErrorNoDevice"):
         te.gpu_compute_capability()
-    monkeypatch.setattr(te, "_cuda_runtime", lambda: _fake_cudart(count=0))
+    monkeypatch.setattr(tr, "_cuda_runtime", lambda: _fake_cudart(count=0))
     with pytest.raises(te.GPUUnavailableError, match="no CUDA GPU is visible"):
         te.gpu_name()
 
 
 def test_gpu_query_without_cuda_python_or_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(te, "_cuda_runtime", lambda: None)
+    monkeypatch.setattr(tr, "_cuda_runtime", lambda: None)
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(te.GPUUnavailableError, match=r"install cuda-python"):
         te.gpu_compute_capability()
@@ -335,8 +337,8 @@ def test_mismatched_engines_are_refused_before_deserialisation(
 ) -> None:
     bundle, entry = _bundle_with_engine(tmp_path)
     calls: list[str] = []
-    monkeypatch.setattr(te, "import_tensorrt", lambda: _fake_tensorrt(version, object(), calls))
-    monkeypatch.setattr(te, "_query_gpu", lambda device: (0, cc, "NVIDIA Test GPU"))
+    monkeypatch.setattr(tr, "import_tensorrt", lambda: _fake_tensorrt(version, object(), calls))
+    monkeypatch.setattr(tr, "query_gpu", lambda device: (0, cc, "NVIDIA Test GPU"))
     with pytest.raises(EngineMismatchError, match=message) as err:
         te.load_engine(bundle, entry)
     assert f"python export/build_engine.py --bundle {tmp_path} --trt --force" in str(err.value)
@@ -347,14 +349,14 @@ def test_matching_engines_are_deserialised_and_a_refusal_names_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bundle, entry = _bundle_with_engine(tmp_path)
-    monkeypatch.setattr(te, "_query_gpu", lambda device: (0, (9, 0), "NVIDIA Test GPU"))
+    monkeypatch.setattr(tr, "query_gpu", lambda device: (0, (9, 0), "NVIDIA Test GPU"))
     engine: object = object()
     calls: list[str] = []
-    monkeypatch.setattr(te, "import_tensorrt", lambda: _fake_tensorrt("10.15.1.29", engine, calls))
+    monkeypatch.setattr(tr, "import_tensorrt", lambda: _fake_tensorrt("10.15.1.29", engine, calls))
     assert te.load_engine(bundle, entry) is engine
     assert calls == ["Runtime", "deserialize 100 bytes"]
     calls.clear()
-    monkeypatch.setattr(te, "import_tensorrt", lambda: _fake_tensorrt("10.15.1.29", None, calls))
+    monkeypatch.setattr(tr, "import_tensorrt", lambda: _fake_tensorrt("10.15.1.29", None, calls))
     with pytest.raises(EngineMismatchError, match=r"could not deserialise engine .*encoder\.engine") as err:
         te.load_engine(bundle, entry)
     assert "magicTagRead" in str(err.value) and "--force" in str(err.value)
@@ -550,7 +552,7 @@ def test_build_failures_report_tensorrt_s_reasons(
 
 
 def _cuda_runtime_or_skip() -> Any:
-    rt = te._cuda_runtime()
+    rt = tr._cuda_runtime()
     if rt is None:
         pytest.skip("cuda-python is needed to run a TensorRT engine here")
     try:

@@ -1,18 +1,16 @@
-"""TensorRT engines for a model bundle: build one from an encoder graph, load one with its tags checked.
+"""TensorRT engines for a model bundle: build one from an encoder graph.
 
-TensorRT is optional and imported only when an engine is built or loaded; everything else in a
-bundle (the ONNX graphs) runs without it. Written against the TensorRT 10.x Python API and kept
-valid on 11.x: networks are strongly typed (the NetworkDefinitionCreationFlag.STRONGLY_TYPED flag
-on 10.x; always on, flag deprecated, in 11.x) and no precision builder flags are used (11.x removed
+TensorRT is optional and imported only when an engine is built; everything else in a bundle (the
+ONNX graphs) runs without it. Written against the TensorRT 10.x Python API and kept valid on
+11.x: networks are strongly typed (the NetworkDefinitionCreationFlag.STRONGLY_TYPED flag on 10.x;
+always on, flag deprecated, in 11.x) and no precision builder flags are used (11.x removed
 BuilderFlag.FP16/INT8), so an fp16 engine comes from the fp16 ONNX graph (float16 inside,
 float32 inputs and outputs), never from a builder switch.
 
-An engine runs only under the TensorRT release that built it and on GPUs of the compute capability
-it was built for, so its model.json entry records both, and :func:`load_engine` compares them with
-the machine (:func:`csi_runtime.bundle.engine_mismatch`) before handing the bytes to TensorRT.
-
-GPU facts (compute capability, name) come from cuda-python (``cuda.bindings.runtime``, or the
-older ``cuda.cudart``), or from torch.cuda when cuda-python is absent.
+The runtime half (importing TensorRT, the GPU query, choosing and loading an engine with its tags
+checked) lives in :mod:`csi_runtime.tensorrt_runtime`; its public names are re-exported here.
+Only the GPU query differs: at build time, where torch is usually installed, it falls back to
+torch.cuda when cuda-python is absent.
 """
 
 from __future__ import annotations
@@ -21,13 +19,26 @@ import importlib
 import logging
 import os
 import re
-from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from csi_runtime.atomic import atomic_open
-from csi_runtime.bundle import EngineMismatchError, ModelBundle, engine_mismatch, sha256_file
+from csi_runtime.bundle import sha256_file
+from csi_runtime.tensorrt_runtime import (
+    CudaPythonUnavailableError,
+    GPUInfo,
+    GPUUnavailableError,
+    TensorRTUnavailableError,
+    check_bundle_file,
+    import_tensorrt,
+    load_engine,
+    make_trt_logger,
+    query_gpu,
+    select_engine,
+    tensorrt_available,
+    tensorrt_major,
+)
 
 from .trt_ops import check_tensorrt_ops
 
@@ -42,6 +53,7 @@ __all__ = [
     "graph_precision",
     "import_tensorrt",
     "load_engine",
+    "select_engine",
     "tensorrt_available",
 ]
 
@@ -52,134 +64,24 @@ DEFAULT_WORKSPACE_BYTES = 2 * 2**30
 #: TensorRT's builder optimisation levels (3 is TensorRT's default)
 OPTIMIZATION_LEVELS = range(0, 6)
 PRECISIONS = ("fp32", "fp16")
-MIN_TENSORRT_MAJOR = 10
-INSTALL_URL = "https://docs.nvidia.com/deeplearning/tensorrt/latest/installing-tensorrt/installing.html"
-REBUILD_HINT = "python export/build_engine.py --bundle {bundle} --trt --force"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class TensorRTUnavailableError(RuntimeError):
-    """TensorRT (the ``tensorrt`` Python package) is not installed or cannot be loaded."""
-
-
-class GPUUnavailableError(RuntimeError):
-    """No CUDA GPU is visible (or none can be queried) where one is needed."""
 
 
 class EngineBuildError(RuntimeError):
     """TensorRT could not parse a graph or build an engine from it."""
 
 
-# --------------------------------------------------------------------------------------- TensorRT
-
-
-def import_tensorrt() -> Any:
-    """The ``tensorrt`` module, imported on first use; raises :class:`TensorRTUnavailableError`."""
-    try:
-        trt = importlib.import_module("tensorrt")
-    except (ImportError, OSError) as exc:  # OSError: the package is there but libnvinfer is not
-        raise TensorRTUnavailableError(
-            f"TensorRT is not installed or cannot be loaded (import tensorrt: {exc}). Install it "
-            f"with `pip install tensorrt-cu12` (CUDA 12; tensorrt-cu13 for CUDA 13) or see "
-            f"NVIDIA's installation guide, {INSTALL_URL}. TensorRT is optional: a model bundle's "
-            "ONNX graphs run without it (onnxruntime), only TensorRT engines need it."
-        ) from exc
-    version = str(getattr(trt, "__version__", "0"))
-    if _major(version) < MIN_TENSORRT_MAJOR:
-        raise TensorRTUnavailableError(
-            f"TensorRT {version} is installed, csi needs TensorRT {MIN_TENSORRT_MAJOR} or newer "
-            f"(`pip install -U tensorrt-cu12`). The bundle's ONNX graphs run without TensorRT."
-        )
-    return trt
-
-
-def tensorrt_available() -> bool:
-    """Whether TensorRT (10 or newer) can be imported here."""
-    try:
-        import_tensorrt()
-    except TensorRTUnavailableError:
-        return False
-    return True
-
-
-def _major(version: str) -> int:
-    """Major number of a version string ("10.15.1.29" → 10; 0 if there is none)."""
-    match = re.match(r"\d+", version)
-    return int(match.group()) if match else 0
-
-
-def _make_trt_logger(trt: Any) -> Any:
-    """A ``trt.ILogger`` that forwards TensorRT's messages to this module's logger and keeps the
-    errors (``.errors``) for the exception raised when a step fails."""
-    severity = trt.ILogger.Severity
-    levels = {
-        severity.INTERNAL_ERROR: logging.CRITICAL,
-        severity.ERROR: logging.ERROR,
-        severity.WARNING: logging.WARNING,
-        severity.INFO: logging.DEBUG,  # TensorRT's INFO is a per-layer build diary
-        severity.VERBOSE: logging.DEBUG,
-    }
-
-    class _LogBridge(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, sev: Any, msg: str) -> None:
-            level = levels.get(sev, logging.WARNING)
-            if level >= logging.ERROR:
-                self.errors.append(str(msg))
-            if logger.isEnabledFor(level):
-                logger.log(level, "TensorRT: %s", msg)
-
-    return _LogBridge()
-
-
 # --------------------------------------------------------------------------------------- the GPU
 
 
-def _cuda_runtime() -> Any | None:
-    """cuda-python's runtime bindings, or None when cuda-python is not installed."""
-    for name in ("cuda.bindings.runtime", "cuda.cudart"):  # cuda-python >= 12.6, then older
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    return None
-
-
-def _cuda_check(rt: Any, result: Sequence[Any], call: str) -> Any:
-    """The value of a cuda-python call returning (cudaError_t, value); raises on an error."""
-    err, *values = result
-    if err != rt.cudaError_t.cudaSuccess:
-        try:
-            _, name = rt.cudaGetErrorName(err)
-            text = name.decode() if isinstance(name, bytes) else str(name)
-        except Exception:  # the error's own description failed: the enum value will do
-            text = str(err)
-        raise GPUUnavailableError(f"no usable CUDA GPU: {call} failed with {text}")
-    return values[0] if len(values) == 1 else values
-
-
-def _query_gpu(device: int | None) -> tuple[int, tuple[int, int], str]:
-    """(device index, (major, minor) compute capability, name) of ``device`` (None: the current
-    CUDA device, the one TensorRT builds and runs on)."""
-    if device is not None and (not isinstance(device, int) or isinstance(device, bool) or device < 0):
-        raise ValueError(f"device must be a CUDA device index >= 0, got {device!r}")
-    rt = _cuda_runtime()
-    if rt is not None:
-        count = int(_cuda_check(rt, rt.cudaGetDeviceCount(), "cudaGetDeviceCount"))
-        if count == 0:
-            raise GPUUnavailableError("no CUDA GPU is visible (cudaGetDeviceCount is 0)")
-        if device is None:
-            device = int(_cuda_check(rt, rt.cudaGetDevice(), "cudaGetDevice"))
-        if device >= count:
-            raise ValueError(f"CUDA device {device} does not exist (this machine has {count})")
-        prop = _cuda_check(rt, rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
-        raw = prop.name
-        name = raw.split(b"\0", 1)[0].decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-        return device, (int(prop.major), int(prop.minor)), name.strip()
+def _query_gpu(device: int | None) -> GPUInfo:
+    """:func:`csi_runtime.tensorrt_runtime.query_gpu` (cuda-python), or, where cuda-python is not
+    installed, the same facts from torch.cuda (a build machine usually has torch)."""
+    try:
+        return query_gpu(device)
+    except CudaPythonUnavailableError:
+        pass
     try:
         torch = importlib.import_module("torch")
     except ImportError:
@@ -196,22 +98,23 @@ def _query_gpu(device: int | None) -> tuple[int, tuple[int, int], str]:
     if device >= count:
         raise ValueError(f"CUDA device {device} does not exist (this machine has {count})")
     major, minor = torch.cuda.get_device_capability(device)
-    return device, (int(major), int(minor)), str(torch.cuda.get_device_name(device))
+    return GPUInfo(device, (int(major), int(minor)), str(torch.cuda.get_device_name(device)))
 
 
 def gpu_compute_capability(device: int = 0) -> tuple[int, int]:
-    """(major, minor) compute capability of CUDA device ``device``, e.g. (9, 0) on an H100/H200.
+    """(major, minor) compute capability of CUDA device ``device``, e.g. (9, 0) on an H100/H200,
+    through cuda-python or else torch.cuda.
 
     Raises :class:`GPUUnavailableError` when no GPU is visible, ValueError for a device index the
     machine does not have.
     """
-    return _query_gpu(device)[1]
+    return _query_gpu(device).compute_capability
 
 
 def gpu_name(device: int = 0) -> str:
     """Marketing name of CUDA device ``device`` (e.g. "NVIDIA H200"); errors as
     :func:`gpu_compute_capability`."""
-    return _query_gpu(device)[2]
+    return _query_gpu(device).name
 
 
 # ------------------------------------------------------------------------------ graph precision
@@ -289,14 +192,7 @@ def _check_positive_int(name: str, value: Any) -> int:
 
 
 def _check_entry_file(entry_file: Any) -> str:
-    if not isinstance(entry_file, str) or not entry_file:
-        raise ValueError(f"entry_file must be a non-empty relative path, got {entry_file!r}")
-    rel = PurePosixPath(entry_file)
-    if rel.is_absolute() or ".." in rel.parts or "\\" in entry_file:
-        raise ValueError(
-            f"entry_file must be a path inside the bundle (relative, no '..'), got {entry_file!r}"
-        )
-    return entry_file
+    return check_bundle_file("entry_file", entry_file)
 
 
 def _check_onnx_input(
@@ -384,7 +280,7 @@ def _describe_parser_error(error: Any) -> str:
 
 def _parse(trt: Any, onnx_path: Path, trt_logger: Any) -> tuple[Any, Any, Any]:
     builder = trt.Builder(trt_logger)
-    if _major(str(trt.__version__)) >= 11:
+    if tensorrt_major(str(trt.__version__)) >= 11:
         flags = 0  # strongly typed is the only mode; the flag is deprecated and ignored
     else:
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -508,7 +404,7 @@ def build_engine(
 
     trt = import_tensorrt()
     device, cc, name = _query_gpu(None)
-    trt_logger = _make_trt_logger(trt)
+    trt_logger = make_trt_logger(trt, logger)
     builder, network, _parser = _parse(trt, onnx_path, trt_logger)
     if _network_has_half(trt, network) != (precision == "fp16"):
         raise EngineBuildError(
@@ -554,43 +450,3 @@ def build_engine(
         "onnx_sha256": onnx_sha256,
         "built_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-
-
-# -------------------------------------------------------------------------------------- loading
-
-
-def load_engine(bundle: ModelBundle, entry: dict[str, Any]) -> Any:
-    """Deserialise one of ``bundle``'s engines (an entry of ``bundle.engines()``) on the current
-    CUDA device and return the ``tensorrt.ICudaEngine``.
-
-    The entry's TensorRT version and compute capability are compared with this machine's first
-    (:func:`~csi_runtime.bundle.engine_mismatch`): a mismatch raises
-    :class:`~csi_runtime.bundle.EngineMismatchError` saying how to rebuild, without handing
-    TensorRT an engine it would refuse or crash on. Deserialisation failing anyway raises the same
-    error naming the file. Also raises :class:`TensorRTUnavailableError` and
-    :class:`GPUUnavailableError`.
-    """
-    hint = REBUILD_HINT.format(bundle=bundle.path)
-    file = entry.get("file")
-    if not isinstance(file, str):
-        raise ValueError(f"engine entry has no 'file' string: {entry!r}")
-    _check_entry_file(file)
-    trt = import_tensorrt()
-    _device, cc, name = _query_gpu(None)
-    problem = engine_mismatch(entry, str(trt.__version__), cc)
-    if problem is not None:
-        raise EngineMismatchError(f"{problem}; rebuild it here with `{hint}`")
-    path = bundle.path / file
-    if not path.is_file():
-        raise EngineMismatchError(f"engine {path} is missing; rebuild it with `{hint}`")
-    trt_logger = _make_trt_logger(trt)
-    runtime = trt.Runtime(trt_logger)
-    engine = runtime.deserialize_cuda_engine(path.read_bytes())
-    if engine is None:
-        reasons = "; ".join(trt_logger.errors) or "TensorRT gave no reason"
-        raise EngineMismatchError(
-            f"TensorRT {trt.__version__} could not deserialise engine {path} on {name} "
-            f"(sm_{cc[0]}{cc[1]}): {reasons}; rebuild it with `{hint}`"
-        )
-    logger.info("loaded TensorRT engine %s (%s) on %s", path, entry.get("precision"), name)
-    return engine

@@ -20,7 +20,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from csi_runtime.bundle import BundleError, EngineMismatchError, ModelBundle, engine_mismatch
+from csi_runtime import tensorrt_runtime
+from csi_runtime.bundle import BundleError, EngineMismatchError, ModelBundle
+from csi_runtime.tensorrt_runtime import _cuda_check
 
 __all__ = ["BACKENDS", "Backend", "BackendUnavailableError", "create_backend"]
 
@@ -120,42 +122,22 @@ class TensorRTBackend:
                 "the tensorrt backend runs on a GPU; use backend='onnxruntime' on CPU"
             )
         try:
-            import tensorrt as trt
-        except ImportError:
+            trt = tensorrt_runtime.import_tensorrt()
+            self._cudart = tensorrt_runtime.cuda_runtime()
+            _device, capability, _name = tensorrt_runtime.query_gpu(None)
+        except tensorrt_runtime.CudaPythonUnavailableError as exc:
             raise BackendUnavailableError(
-                "TensorRT is not installed (pip install tensorrt-cu12); "
-                "the onnxruntime backend runs the same model"
-            ) from None
-        self._cudart = _cuda_runtime()
-        capability = _compute_capability(self._cudart)
-        engines = bundle.engines()
-        if not engines:
+                f"the tensorrt backend needs cuda-python for device buffers: {exc}"
+            ) from exc
+        except (tensorrt_runtime.TensorRTUnavailableError, tensorrt_runtime.GPUUnavailableError) as exc:
+            raise BackendUnavailableError(f"{exc} (the onnxruntime backend runs the same model)") from exc
+        if not bundle.engines():
             raise BackendUnavailableError(
                 f"bundle {bundle.path} has no TensorRT engine; build one with "
                 f"python export/build_engine.py --bundle {bundle.path} --trt"
             )
-        reasons = []
-        chosen = None
-        for entry in sorted(engines, key=lambda e: e["precision"] != "fp16"):  # prefer fp16
-            why = engine_mismatch(entry, str(trt.__version__), capability)
-            if why is None:
-                chosen = entry
-                break
-            reasons.append(why)
-        if chosen is None:
-            raise EngineMismatchError(
-                "no engine in the bundle fits this machine: "
-                + "; ".join(reasons)
-                + f". Rebuild: python export/build_engine.py --bundle {bundle.path} --trt --force"
-            )
-        self._trt = trt
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(self._logger)
-        self.engine = runtime.deserialize_cuda_engine((bundle.path / chosen["file"]).read_bytes())
-        if self.engine is None:
-            raise EngineMismatchError(
-                f"TensorRT could not deserialise {chosen['file']}; rebuild it with --trt --force"
-            )
+        chosen = tensorrt_runtime.select_engine(bundle, str(trt.__version__), capability)
+        self.engine = tensorrt_runtime.load_engine(bundle, chosen)
         self.entry = chosen
         self.device = "cuda"
         self._frontend = OnnxRuntimeBackend(bundle, device="auto", threads=threads)
@@ -170,8 +152,7 @@ class TensorRTBackend:
         ctx = getattr(self._local, "context", None)
         if ctx is None:
             ctx = self.engine.create_execution_context()
-            err, stream = self._cudart.cudaStreamCreate()
-            _check_cuda(err, "cudaStreamCreate")
+            stream = _cuda_check(self._cudart, self._cudart.cudaStreamCreate(), "cudaStreamCreate")
             self._local.context, self._local.stream = ctx, stream
         return ctx
 
@@ -183,57 +164,34 @@ class TensorRTBackend:
         ctx.set_input_shape(self._input, tuple(x.shape))
         out_shape = tuple(ctx.get_tensor_shape(self._output))
         out = np.empty(out_shape, np.float32)
-        err, d_in = cudart.cudaMalloc(x.nbytes)
-        _check_cuda(err, "cudaMalloc")
-        err, d_out = cudart.cudaMalloc(out.nbytes)
-        _check_cuda(err, "cudaMalloc")
+        d_in = _cuda_check(cudart, cudart.cudaMalloc(x.nbytes), "cudaMalloc")
+        try:
+            d_out = _cuda_check(cudart, cudart.cudaMalloc(out.nbytes), "cudaMalloc")
+        except BaseException:
+            cudart.cudaFree(d_in)
+            raise
         try:
             h2d, d2h = (
                 cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
                 cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
             )
-            _check_cuda(
-                cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, h2d, stream)[0], "cudaMemcpyAsync"
+            _cuda_check(
+                cudart, cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, h2d, stream), "cudaMemcpyAsync"
             )
             ctx.set_tensor_address(self._input, int(d_in))
             ctx.set_tensor_address(self._output, int(d_out))
             if not ctx.execute_async_v3(int(stream)):
                 raise RuntimeError("TensorRT execute_async_v3 failed")
-            _check_cuda(
-                cudart.cudaMemcpyAsync(out.ctypes.data, d_out, out.nbytes, d2h, stream)[0], "cudaMemcpyAsync"
+            _cuda_check(
+                cudart,
+                cudart.cudaMemcpyAsync(out.ctypes.data, d_out, out.nbytes, d2h, stream),
+                "cudaMemcpyAsync",
             )
-            _check_cuda(cudart.cudaStreamSynchronize(stream)[0], "cudaStreamSynchronize")
+            _cuda_check(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
         finally:
             cudart.cudaFree(d_in)
             cudart.cudaFree(d_out)
         return out
-
-
-def _cuda_runtime() -> Any:
-    try:
-        from cuda.bindings import runtime  # cuda-python ≥ 12.6
-    except ImportError:
-        try:
-            from cuda import cudart as runtime  # older cuda-python
-        except ImportError:
-            raise BackendUnavailableError(
-                "the tensorrt backend needs cuda-python for device buffers: pip install cuda-python"
-            ) from None
-    return runtime
-
-
-def _check_cuda(err: Any, what: str) -> None:
-    if int(err) != 0:
-        raise RuntimeError(f"{what} failed with CUDA error {int(err)}")
-
-
-def _compute_capability(cudart: Any, device: int = 0) -> tuple[int, int]:
-    err, count = cudart.cudaGetDeviceCount()
-    if int(err) != 0 or count == 0:
-        raise BackendUnavailableError("no CUDA GPU is visible; the tensorrt backend needs one")
-    err, props = cudart.cudaGetDeviceProperties(device)
-    _check_cuda(err, "cudaGetDeviceProperties")
-    return int(props.major), int(props.minor)
 
 
 class TorchBackend:

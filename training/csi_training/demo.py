@@ -132,14 +132,20 @@ def build_demo_works(
 
     works = load_note_corpus(notes_path)[:BASELINE_MAX_WORKS]
     if len(works) < BASELINE_MAX_WORKS:
-        raise ValueError(f"{notes_path} holds {len(works)} works; the baseline split needs {BASELINE_MAX_WORKS}")
+        raise ValueError(
+            f"{notes_path} holds {len(works)} works; the baseline split needs {BASELINE_MAX_WORKS}"
+        )
     split = split_works([w.work_id for w in works], val=0, test=BASELINE_TEST_WORKS, seed=BASELINE_SPLIT_SEED)
     test = [w for w in works if w.work_id in split.test][:n_works]
     extra = {
         "purpose": "csi demo: works held out from the default model's training",
-        "split": {"notes": Path(notes_path).name, "max_works": BASELINE_MAX_WORKS,
-                  "test_works": BASELINE_TEST_WORKS, "seed": BASELINE_SPLIT_SEED},
-    }  # fmt: skip
+        "split": {
+            "notes": Path(notes_path).name,
+            "max_works": BASELINE_MAX_WORKS,
+            "test_works": BASELINE_TEST_WORKS,
+            "seed": BASELINE_SPLIT_SEED,
+        },
+    }
     save_note_corpus(out_path, test, extra=extra)
     return [w.work_id for w in test]
 
@@ -183,7 +189,9 @@ def degrade(x: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
     if kind == "clean":
         y = x
     elif kind == "noise":
-        y = effects.add_noise(x, float(rng.uniform(5, 15)), str(rng.choice(["white", "pink"])), SAMPLE_RATE, rng)
+        y = effects.add_noise(
+            x, float(rng.uniform(5, 15)), str(rng.choice(["white", "pink"])), SAMPLE_RATE, rng
+        )
     elif kind == "eq":
         lowpass = float(rng.uniform(3000, 5000)) if rng.random() < 0.5 else 0.0
         fir = effects.eq_fir(SAMPLE_RATE, float(rng.uniform(-6, 6)), lowpass)
@@ -239,12 +247,19 @@ def score_detections(
     scored = []
     for work_id, s0, s1, score, peak, n_windows in detections:
         correct = any(t.work_id == work_id and overlap(s0, s1, t.start_s, t.end_s) > 0 for t in covers)
-        scored.append(ScoredDetection(str(work_id), float(s0), float(s1), float(score), float(peak),
-                                      int(n_windows), correct))  # fmt: skip
+        scored.append(
+            ScoredDetection(
+                str(work_id), float(s0), float(s1), float(score), float(peak), int(n_windows), correct
+            )
+        )
     start_err, end_err, per_degradation = [], [], {}
     detected = 0
     for t in covers:
-        hits = [d for d in scored if d.work_id == t.work_id and overlap(d.start_s, d.end_s, t.start_s, t.end_s) > 0]
+        hits = [
+            d
+            for d in scored
+            if d.work_id == t.work_id and overlap(d.start_s, d.end_s, t.start_s, t.end_s) > 0
+        ]
         row = per_degradation.setdefault(t.degradation, {"covers": 0, "detected": 0})
         row["covers"] += 1
         if hits:
@@ -292,22 +307,36 @@ def format_summary(metrics: dict[str, Any]) -> str:
 
     rows = [
         ("catalog works", str(metrics["catalog_works"])),
-        ("stream", f"{metrics['stream_s'] / 60:.1f} min, {metrics['items']} items "
-                   f"({metrics['cover_items']} covers, {metrics['unknown_items']} unknown music, "
-                   f"{metrics['speech_items']} speech)"),
-        ("threshold", f"{metrics['calibration']['threshold']:.4f} (false alarms {metrics['calibration']['far']:.3f}"
-                      f" at target {TARGET_FAR}, misses {metrics['calibration']['frr']:.3f} on calibration windows)"),
+        (
+            "stream",
+            f"{metrics['stream_s'] / 60:.1f} min, {metrics['items']} items "
+            f"({metrics['cover_items']} covers, {metrics['unknown_items']} unknown music, "
+            f"{metrics['speech_items']} speech)",
+        ),
+        (
+            "threshold",
+            f"{metrics['calibration']['threshold']:.4f} (false alarms {metrics['calibration']['far']:.3f}"
+            f" at target {TARGET_FAR}, misses {metrics['calibration']['frr']:.3f} on calibration windows)",
+        ),
         ("detections", f"{metrics['detections']} ({metrics['correct_detections']} correct)"),
         ("precision", fmt(metrics["precision"])),
-        ("recall", f"{fmt(metrics['recall'])} ({metrics['detected_covers']} of {metrics['cover_items']} covers)"),
-        ("timing error", f"start {fmt(metrics['timing_error_start_s'], '.1f')} s, "
-                         f"end {fmt(metrics['timing_error_end_s'], '.1f')} s"),
+        (
+            "recall",
+            f"{fmt(metrics['recall'])} ({metrics['detected_covers']} of {metrics['cover_items']} covers)",
+        ),
+        (
+            "timing error",
+            f"start {fmt(metrics['timing_error_start_s'], '.1f')} s, "
+            f"end {fmt(metrics['timing_error_end_s'], '.1f')} s",
+        ),
         ("wall time", f"{metrics['wall_s']:.1f} s"),
-    ]  # fmt: skip
+    ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
-    lines.append("recall by degradation: " + ", ".join(
-        f"{k} {v['detected']}/{v['covers']}" for k, v in metrics["recall_by_degradation"].items()))  # fmt: skip
+    lines.append(
+        "recall by degradation: "
+        + ", ".join(f"{k} {v['detected']}/{v['covers']}" for k, v in metrics["recall_by_degradation"].items())
+    )
     return "\n".join(lines)
 
 
@@ -343,15 +372,29 @@ def _plot_timeline(truth: Sequence[StreamItem], scored: Sequence[ScoredDetection
     for t in truth:
         ax.broken_barh([(t.start_s / 60, (t.end_s - t.start_s) / 60)], (1.1, 0.8), color=colours[t.kind])
         if t.kind == "cover":
-            ax.text((t.start_s + t.end_s) / 120, 1.5, t.work_id.split(":")[-1][:10], fontsize=5,
-                    ha="center", va="center", rotation=90, color="white")  # fmt: skip
+            ax.text(
+                (t.start_s + t.end_s) / 120,
+                1.5,
+                t.work_id.split(":")[-1][:10],
+                fontsize=5,
+                ha="center",
+                va="center",
+                rotation=90,
+                color="white",
+            )
     for d in scored:
-        ax.broken_barh([(d.start_s / 60, (d.end_s - d.start_s) / 60)], (0.1, 0.8),
-                       color="tab:green" if d.correct else "tab:red")  # fmt: skip
+        ax.broken_barh(
+            [(d.start_s / 60, (d.end_s - d.start_s) / 60)],
+            (0.1, 0.8),
+            color="tab:green" if d.correct else "tab:red",
+        )
     ax.set_yticks([0.5, 1.5], ["detections", "truth"])
     ax.set_xlabel("stream minutes")
-    ax.set_title("truth (blue: cover of a catalog work, grey: unknown music, beige: speech) vs "
-                 "detections (green: correct, red: false)", fontsize=9)  # fmt: skip
+    ax.set_title(
+        "truth (blue: cover of a catalog work, grey: unknown music, beige: speech) vs "
+        "detections (green: correct, red: false)",
+        fontsize=9,
+    )
     ax.set_xlim(0, max([t.end_s for t in truth] + [d.end_s for d in scored]) / 60)
     fig.tight_layout()
     _save_figure(fig, path)
@@ -365,8 +408,13 @@ def _plot_similarity(matrix: np.ndarray, query_hop: float, ref_hop: float, title
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    image = ax.imshow(matrix, origin="lower", aspect="auto", cmap="magma",
-                      extent=(0, matrix.shape[1] * ref_hop, 0, matrix.shape[0] * query_hop))  # fmt: skip
+    image = ax.imshow(
+        matrix,
+        origin="lower",
+        aspect="auto",
+        cmap="magma",
+        extent=(0, matrix.shape[1] * ref_hop, 0, matrix.shape[0] * query_hop),
+    )
     fig.colorbar(image, ax=ax, label="cosine similarity")
     ax.set_xlabel("reference window start (s)")
     ax.set_ylabel("broadcast excerpt window start (s)")
@@ -438,14 +486,18 @@ def run_demo(
     n_covers = round(0.6 * n_catalog) if n_covers is None else n_covers
     n_unknown = max(2, n_catalog // 5) if n_unknown is None else n_unknown
     if n_catalog < 1 or not 1 <= n_covers <= n_catalog or n_unknown < 0:
-        raise ValueError(f"need n_catalog >= 1, 1 <= n_covers <= n_catalog, n_unknown >= 0 "
-                         f"(got {n_catalog}, {n_covers}, {n_unknown})")  # fmt: skip
+        raise ValueError(
+            f"need n_catalog >= 1, 1 <= n_covers <= n_catalog, n_unknown >= 0 "
+            f"(got {n_catalog}, {n_covers}, {n_unknown})"
+        )
     works = load_note_corpus(works_path or DEMO_WORKS_PATH)
     rest = len(works) - n_catalog - n_unknown
     n_cal = min(rest, max(12, n_catalog)) if n_calibration_unknown is None else n_calibration_unknown
     if n_cal < 1 or n_cal > rest:
-        raise ValueError(f"{len(works)} demo works cannot give {n_catalog} catalog + {n_unknown} unknown "
-                         f"+ {n_cal} calibration works")  # fmt: skip
+        raise ValueError(
+            f"{len(works)} demo works cannot give {n_catalog} catalog + {n_unknown} unknown "
+            f"+ {n_cal} calibration works"
+        )
     _prepare_out_dir(out, force)
 
     def report(stage: str, done: int, total: int) -> None:
@@ -466,8 +518,14 @@ def run_demo(
         audio = _render(work, REFERENCE_VERSION, seed, REFERENCE_MAX_S)
         segs = embedder.embed_segments(audio, SAMPLE_RATE, hop_s=ref_hop)
         keep = np.flatnonzero(~segs.silent)
-        meta = [{"title": work.title, "version_id": f"v{REFERENCE_VERSION:02d}",
-                 "start_s": round(float(segs.starts[j]), 3)} for j in keep]  # fmt: skip
+        meta = [
+            {
+                "title": work.title,
+                "version_id": f"v{REFERENCE_VERSION:02d}",
+                "start_s": round(float(segs.starts[j]), 3),
+            }
+            for j in keep
+        ]
         index.add(segs.vectors[keep], [work.work_id] * len(keep), meta)
         report("catalog", i + 1, n_catalog)
     logger.info("catalog: %d works, %d reference windows", n_catalog, len(index))
@@ -493,10 +551,14 @@ def run_demo(
                 neg_scores.append(float(top.score) if top else -1.0)
         report("calibration", i + 1, len(cal_items))
     if len(neg_scores) < min_negatives(TARGET_FAR):
-        raise ValueError(f"the calibration set gave {len(neg_scores)} negative windows; a {TARGET_FAR} "
-                         f"false-alarm target needs {min_negatives(TARGET_FAR)} (use more unknown works)")  # fmt: skip
+        raise ValueError(
+            f"the calibration set gave {len(neg_scores)} negative windows; a {TARGET_FAR} "
+            f"false-alarm target needs {min_negatives(TARGET_FAR)} (use more unknown works)"
+        )
     calibration = calibrate_threshold(np.array(pos_scores), np.array(neg_scores), target_far=TARGET_FAR)
-    logger.info("threshold %.4f (far %.3f, frr %.3f)", calibration.threshold, calibration.far, calibration.frr)
+    logger.info(
+        "threshold %.4f (far %.3f, frr %.3f)", calibration.threshold, calibration.far, calibration.frr
+    )
 
     # 3. the stream
     stream_rng = np.random.default_rng([seed, 2])
@@ -511,8 +573,11 @@ def run_demo(
         nonlocal position
         x = _fade(x)
         pieces.append(x)
-        truth.append(StreamItem(kind, work_id, position / SAMPLE_RATE, (position + len(x)) / SAMPLE_RATE,
-                                version, degradation))  # fmt: skip
+        truth.append(
+            StreamItem(
+                kind, work_id, position / SAMPLE_RATE, (position + len(x)) / SAMPLE_RATE, version, degradation
+            )
+        )
         position += len(x)
 
     for i, (kind, work) in enumerate(music):
@@ -529,9 +594,17 @@ def run_demo(
     # 4. the monitor
     sink = DetectionSink(out / "monitor", plots=True)
     collecting = _CollectingSink(sink)
-    monitor = Monitor(embedder, index, channel=CHANNEL, threshold=calibration.threshold,
-                      min_windows=MIN_WINDOWS, max_gap_windows=MAX_GAP_WINDOWS, start_utc=START_UTC,
-                      sink=collecting, search_threads=1)  # fmt: skip
+    monitor = Monitor(
+        embedder,
+        index,
+        channel=CHANNEL,
+        threshold=calibration.threshold,
+        min_windows=MIN_WINDOWS,
+        max_gap_windows=MAX_GAP_WINDOWS,
+        start_utc=START_UTC,
+        sink=collecting,
+        search_threads=1,
+    )
     chunk = int(CHUNK_S * SAMPLE_RATE)
     n_chunks = math.ceil(len(stream) / chunk)
 
@@ -541,21 +614,47 @@ def run_demo(
 
     t_monitor = time.monotonic()
     try:
-        run_monitor(chunks(), monitor, progress=lambda m: report("monitor", round(m.position_s), round(stream_s)))
+        run_monitor(
+            chunks(), monitor, progress=lambda m: report("monitor", round(m.position_s), round(stream_s))
+        )
     finally:
         sink.close()
     monitor_s = time.monotonic() - t_monitor
 
     # 5. scoring and the report
-    raw = [(str(d.work_id), float(d.query_offset_s), float(d.query_offset_s) + float(d.played_duration_s),
-            float(d.score), float(d.peak_score), int(d.n_windows)) for d in collecting.detections]  # fmt: skip
+    raw = [
+        (
+            str(d.work_id),
+            float(d.query_offset_s),
+            float(d.query_offset_s) + float(d.played_duration_s),
+            float(d.score),
+            float(d.peak_score),
+            int(d.n_windows),
+        )
+        for d in collecting.detections
+    ]
     scored, metrics = score_detections(raw, truth)
-    _write_csv(out / "truth.csv", ["kind", "work_id", "start_s", "end_s", "version", "degradation"],
-               [[t.kind, t.work_id, f"{t.start_s:.3f}", f"{t.end_s:.3f}", t.version, t.degradation]
-                for t in truth])  # fmt: skip
-    _write_csv(out / "detections.csv", ["work_id", "start_s", "end_s", "score", "peak_score", "n_windows", "correct"],
-               [[d.work_id, f"{d.start_s:.3f}", f"{d.end_s:.3f}", f"{d.score:.6f}", f"{d.peak_score:.6f}",
-                 d.n_windows, int(d.correct)] for d in scored])  # fmt: skip
+    _write_csv(
+        out / "truth.csv",
+        ["kind", "work_id", "start_s", "end_s", "version", "degradation"],
+        [[t.kind, t.work_id, f"{t.start_s:.3f}", f"{t.end_s:.3f}", t.version, t.degradation] for t in truth],
+    )
+    _write_csv(
+        out / "detections.csv",
+        ["work_id", "start_s", "end_s", "score", "peak_score", "n_windows", "correct"],
+        [
+            [
+                d.work_id,
+                f"{d.start_s:.3f}",
+                f"{d.end_s:.3f}",
+                f"{d.score:.6f}",
+                f"{d.peak_score:.6f}",
+                d.n_windows,
+                int(d.correct),
+            ]
+            for d in scored
+        ],
+    )
     from csi_runtime.atomic import atomic_write_text
 
     atomic_write_text(out / "detections.jsonl", "".join(json.dumps(asdict(d)) + "\n" for d in scored))
@@ -576,13 +675,19 @@ def run_demo(
         "reference_windows": len(index),
         "stream_s": round(stream_s, 3),
         "calibration": {**calibration.to_dict(), "unknown_works": n_cal},
-        "monitor": {"min_windows": MIN_WINDOWS, "max_gap_windows": MAX_GAP_WINDOWS, "chunk_s": CHUNK_S,
-                    "window_s": embedder.window_s, "hop_s": embedder.hop_s,
-                    "seconds": round(monitor_s, 3), "real_time_factor": round(stream_s / max(monitor_s, 1e-9), 1)},
+        "monitor": {
+            "min_windows": MIN_WINDOWS,
+            "max_gap_windows": MAX_GAP_WINDOWS,
+            "chunk_s": CHUNK_S,
+            "window_s": embedder.window_s,
+            "hop_s": embedder.hop_s,
+            "seconds": round(monitor_s, 3),
+            "real_time_factor": round(stream_s / max(monitor_s, 1e-9), 1),
+        },
         **metrics,
         "similarity_pair": similarity,
         "wall_s": round(time.monotonic() - t_start, 3),
-    }  # fmt: skip
+    }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -602,9 +707,11 @@ def _similarity_plot(
         if t.kind != "cover":
             continue
         for d in scored:
-            if d.correct and d.work_id == t.work_id and min(d.end_s, t.end_s) > max(d.start_s, t.start_s):
-                if best is None or d.score > best[0]:
-                    best = (d.score, t)
+            overlaps = (
+                d.correct and d.work_id == t.work_id and min(d.end_s, t.end_s) > max(d.start_s, t.start_s)
+            )
+            if overlaps and (best is None or d.score > best[0]):
+                best = (d.score, t)
     if best is None:
         return None
     item = best[1]
@@ -614,10 +721,20 @@ def _similarity_plot(
     q = embedder.embed_segments(cover, SAMPLE_RATE, hop_s=SIMILARITY_HOP_S)
     r = embedder.embed_segments(reference, SAMPLE_RATE, hop_s=SIMILARITY_HOP_S)
     matrix = q.vectors @ r.vectors.T
-    _plot_similarity(matrix, SIMILARITY_HOP_S, SIMILARITY_HOP_S,
-                     f"{item.work_id}: broadcast excerpt ({item.degradation}) vs reference", path)  # fmt: skip
-    return {"work_id": item.work_id, "stream_start_s": item.start_s, "stream_end_s": item.end_s,
-            "degradation": item.degradation, "max_similarity": float(matrix.max())}  # fmt: skip
+    _plot_similarity(
+        matrix,
+        SIMILARITY_HOP_S,
+        SIMILARITY_HOP_S,
+        f"{item.work_id}: broadcast excerpt ({item.degradation}) vs reference",
+        path,
+    )
+    return {
+        "work_id": item.work_id,
+        "stream_start_s": item.start_s,
+        "stream_end_s": item.end_s,
+        "degradation": item.degradation,
+        "max_similarity": float(matrix.max()),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -641,8 +758,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             sys.stderr.flush()
 
     try:
-        metrics = run_demo(args.out, seed=args.seed, n_catalog=args.catalog_works, force=args.force,
-                           save_audio=not args.no_audio, progress=progress)  # fmt: skip
+        metrics = run_demo(
+            args.out,
+            seed=args.seed,
+            n_catalog=args.catalog_works,
+            force=args.force,
+            save_audio=not args.no_audio,
+            progress=progress,
+        )
     except (FileExistsError, NotADirectoryError, ValueError) as exc:
         raise SystemExit(f"csi demo: {exc}") from None
     print(format_summary(metrics))

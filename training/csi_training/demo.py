@@ -252,7 +252,9 @@ def score_detections(
                 str(work_id), float(s0), float(s1), float(score), float(peak), int(n_windows), correct
             )
         )
-    start_err, end_err, per_degradation = [], [], {}
+    start_err: list[float] = []
+    end_err: list[float] = []
+    per_degradation: dict[str, dict[str, int]] = {}
     detected = 0
     for t in covers:
         hits = [

@@ -112,6 +112,7 @@ def register(sub: Any) -> None:
     p.add_argument("--cache-dir", default=None, help="feature cache folder (default: none)")
     p.set_defaults(func=cmd_eval)
 
-    from csi_training import data_cli
+    from csi_training import data_cli, demo
 
     data_cli.register(sub)
+    demo.register(sub)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx", reason="onnx is in the dev extra")
+from fake_tensorrt import FakeLogger, fake_tensorrt  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from csi_export import tensorrt_engine as te  # noqa: E402
@@ -288,29 +289,6 @@ def test_gpu_query_on_this_machine() -> None:
 # ------------------------------------------------------------------------ the tags, before the bytes
 
 
-class _FakeLogger:
-    class Severity:
-        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
-
-    def __init__(self) -> None:
-        pass
-
-
-def _fake_tensorrt(version: str, deserialized: Any, calls: list[str]) -> Any:
-    class Runtime:
-        def __init__(self, logger: Any) -> None:
-            self.logger = logger
-            calls.append("Runtime")
-
-        def deserialize_cuda_engine(self, data: bytes) -> Any:
-            calls.append(f"deserialize {len(data)} bytes")
-            if deserialized is None:
-                self.logger.log(_FakeLogger.Severity.ERROR, "Serialization assertion magicTagRead failed")
-            return deserialized
-
-    return types.SimpleNamespace(__version__=version, ILogger=_FakeLogger, Runtime=Runtime)
-
-
 def _bundle_with_engine(tmp_path: Path) -> tuple[ModelBundle, dict[str, Any]]:
     (tmp_path / "engines").mkdir()
     (tmp_path / "engines" / "encoder.engine").write_bytes(b"\x01" * 100)
@@ -337,7 +315,7 @@ def test_mismatched_engines_are_refused_before_deserialisation(
 ) -> None:
     bundle, entry = _bundle_with_engine(tmp_path)
     calls: list[str] = []
-    monkeypatch.setattr(tr, "import_tensorrt", lambda: _fake_tensorrt(version, object(), calls))
+    monkeypatch.setattr(tr, "import_tensorrt", lambda: fake_tensorrt(version, object(), calls))
     monkeypatch.setattr(tr, "query_gpu", lambda device: (0, cc, "NVIDIA Test GPU"))
     with pytest.raises(EngineMismatchError, match=message) as err:
         te.load_engine(bundle, entry)
@@ -352,11 +330,11 @@ def test_matching_engines_are_deserialised_and_a_refusal_names_the_file(
     monkeypatch.setattr(tr, "query_gpu", lambda device: (0, (9, 0), "NVIDIA Test GPU"))
     engine: object = object()
     calls: list[str] = []
-    monkeypatch.setattr(tr, "import_tensorrt", lambda: _fake_tensorrt("10.15.1.29", engine, calls))
+    monkeypatch.setattr(tr, "import_tensorrt", lambda: fake_tensorrt("10.15.1.29", engine, calls))
     assert te.load_engine(bundle, entry) is engine
     assert calls == ["Runtime", "deserialize 100 bytes"]
     calls.clear()
-    monkeypatch.setattr(tr, "import_tensorrt", lambda: _fake_tensorrt("10.15.1.29", None, calls))
+    monkeypatch.setattr(tr, "import_tensorrt", lambda: fake_tensorrt("10.15.1.29", None, calls))
     with pytest.raises(EngineMismatchError, match=r"could not deserialise engine .*encoder\.engine") as err:
         te.load_engine(bundle, entry)
     assert "magicTagRead" in str(err.value) and "--force" in str(err.value)
@@ -376,7 +354,7 @@ class _FakeTensorRT:
     timing cache, atomic writes, error reports) where TensorRT is absent. The real API is
     exercised by test_build_load_and_run_an_engine on a GPU machine."""
 
-    ILogger = _FakeLogger
+    ILogger = FakeLogger
 
     class NetworkDefinitionCreationFlag:
         STRONGLY_TYPED = 1
@@ -476,7 +454,7 @@ class _FakeTensorRT:
             def build_serialized_network(self, network: Any, config: Config) -> bytes | None:
                 fake.calls["level"] = config.builder_optimization_level
                 if not build_ok:
-                    self.logger.log(_FakeLogger.Severity.ERROR, "out of workspace for tactic 7")
+                    self.logger.log(FakeLogger.Severity.ERROR, "out of workspace for tactic 7")
                     return None
                 return b"ENGINE BYTES"
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fake_tensorrt import fake_tensorrt
 
 from csi_runtime import tensorrt_runtime as tr
 from csi_runtime.backends import BackendUnavailableError, TensorRTBackend
@@ -129,29 +130,6 @@ def test_select_engine_explains_every_refusal(tmp_path: Path) -> None:
 # ------------------------------------------------------------------- stand-ins for TensorRT and CUDA
 
 
-class _FakeLogger:
-    class Severity:
-        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
-
-    def __init__(self) -> None:
-        pass
-
-
-def _fake_tensorrt(version: str, deserialized: Any, calls: list[str]) -> Any:
-    class Runtime:
-        def __init__(self, logger: Any) -> None:
-            self.logger = logger
-            calls.append("Runtime")
-
-        def deserialize_cuda_engine(self, data: bytes) -> Any:
-            calls.append(f"deserialize {len(data)} bytes")
-            if deserialized is None:
-                self.logger.log(_FakeLogger.Severity.ERROR, "Serialization assertion magicTagRead failed")
-            return deserialized
-
-    return types.SimpleNamespace(__version__=version, ILogger=_FakeLogger, Runtime=Runtime)
-
-
 def _fake_cudart(count: int, current: int = 0, cc: tuple[int, int] = (9, 0)) -> Any:
     """cuda-python's call conventions: (cudaError_t, value) tuples; error 2 is an allocation failure."""
     names = {0: b"cudaSuccess", 2: b"cudaErrorMemoryAllocation"}
@@ -190,7 +168,7 @@ def test_load_engine_checks_the_tags_before_tensorrt_sees_the_bytes(
     entry = _entry("fp16", "10.15.1.29", (9, 0))
     _engine_on_disk(tmp_path, entry)
     calls: list[str] = []
-    monkeypatch.setattr(tr, "import_tensorrt", lambda: _fake_tensorrt(version, object(), calls))
+    monkeypatch.setattr(tr, "import_tensorrt", lambda: fake_tensorrt(version, object(), calls))
     monkeypatch.setattr(tr, "_cuda_runtime", lambda: _fake_cudart(count=2, current=1, cc=cc))
     with pytest.raises(EngineMismatchError, match=message) as err:
         tr.load_engine(_bundle(tmp_path, [entry]), entry)
@@ -207,11 +185,11 @@ def test_load_engine_deserialises_a_matching_engine_and_names_a_refused_one(
     monkeypatch.setattr(tr, "_cuda_runtime", lambda: _fake_cudart(count=1))
     engine = object()
     calls: list[str] = []
-    monkeypatch.setattr(tr, "import_tensorrt", lambda: _fake_tensorrt("10.15.1.29", engine, calls))
+    monkeypatch.setattr(tr, "import_tensorrt", lambda: fake_tensorrt("10.15.1.29", engine, calls))
     assert tr.load_engine(bundle, entry) is engine
     assert calls == ["Runtime", "deserialize 37 bytes"]
 
-    monkeypatch.setattr(tr, "import_tensorrt", lambda: _fake_tensorrt("10.15.1.29", None, calls))
+    monkeypatch.setattr(tr, "import_tensorrt", lambda: fake_tensorrt("10.15.1.29", None, calls))
     refused = r"could not deserialise engine .*sm90.*NVIDIA Test GPU"
     with caplog.at_level("ERROR", logger=tr.__name__), pytest.raises(EngineMismatchError, match=refused):
         tr.load_engine(bundle, entry)
@@ -234,7 +212,7 @@ def test_load_engine_without_tensorrt_or_cuda_python(tmp_path: Path, monkeypatch
     assert tr.tensorrt_available() is False
     with pytest.raises(tr.TensorRTUnavailableError, match="pip install tensorrt-cu12"):
         tr.load_engine(_bundle(tmp_path, [entry]), entry)
-    monkeypatch.setattr(tr, "import_tensorrt", lambda: _fake_tensorrt("10.15.1.29", object(), []))
+    monkeypatch.setattr(tr, "import_tensorrt", lambda: fake_tensorrt("10.15.1.29", object(), []))
     monkeypatch.setattr(tr, "_cuda_runtime", lambda: None)
     with pytest.raises(tr.CudaPythonUnavailableError, match="pip install cuda-python") as err:
         tr.load_engine(_bundle(tmp_path, [entry]), entry)
@@ -272,7 +250,7 @@ def test_tensorrt_backend_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     with pytest.raises(BackendUnavailableError, match=r"TensorRT is not installed.*onnxruntime backend"):
         TensorRTBackend(bundle)
     calls: list[str] = []
-    monkeypatch.setattr(tr, "import_tensorrt", lambda: _fake_tensorrt("10.15.1.29", object(), calls))
+    monkeypatch.setattr(tr, "import_tensorrt", lambda: fake_tensorrt("10.15.1.29", object(), calls))
     monkeypatch.setattr(tr, "_cuda_runtime", lambda: None)
     with pytest.raises(BackendUnavailableError, match="needs cuda-python for device buffers"):
         TensorRTBackend(bundle)

@@ -132,3 +132,12 @@ def test_calibration_record() -> None:
     d = cal.to_dict()
     assert set(d) == {"threshold", "far", "frr", "n_pos", "n_neg", "target_far"}
     assert d["threshold"] == cal.threshold
+
+
+def test_window_scores_follow_the_monitor_decision() -> None:
+    from csi_runtime import Hit
+    from csi_runtime.calibrate import MISS_SCORE, window_scores
+
+    hits = [[Hit("a", 0.9, {}), Hit("b", 0.8, {})], [Hit("b", 0.95, {}), Hit("a", 0.7, {})], []]
+    assert window_scores(hits, "a") == [0.9, MISS_SCORE, MISS_SCORE]  # b outranks a: a miss
+    assert window_scores(hits) == [0.9, 0.95, MISS_SCORE]

@@ -13,18 +13,40 @@ target, and reports the miss rate it leaves on the positive scores (pairs of ver
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Calibration", "calibrate_threshold", "is_match", "min_negatives"]
+__all__ = ["Calibration", "calibrate_threshold", "is_match", "min_negatives", "window_scores"]
 
 
 def is_match(score: Any, threshold: float) -> Any:
     """The decision rule: ``score >= threshold`` (a bool, or a bool array for an array of scores)."""
     return score >= threshold
+
+
+#: score given to a positive window whose top-1 work is another one: a miss at any threshold
+MISS_SCORE = -1.0
+
+
+def window_scores(hits_per_window: Sequence[Sequence[Any]], work_id: Any = None) -> list[float]:
+    """Calibration scores of windows from their ranked hits (``ReferenceIndex.search`` output).
+
+    A monitor reports a work when it is a window's top-1 and its score passes the threshold, so a
+    positive window (``work_id`` given) scores its top-1 score if that is ``work_id`` and MISS_SCORE
+    otherwise; a negative window (``work_id`` None) scores its top-1 score, whatever the work.
+    """
+    scores = []
+    for hits in hits_per_window:
+        top = hits[0] if hits else None
+        if top is None or (work_id is not None and top.work_id != work_id):
+            scores.append(MISS_SCORE)
+        else:
+            scores.append(float(top.score))
+    return scores
 
 
 @dataclass(frozen=True)

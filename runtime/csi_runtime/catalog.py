@@ -28,7 +28,7 @@ import numpy as np
 from csi_runtime.embedder import Embedder
 from csi_runtime.index import ReferenceIndex
 
-__all__ = ["AUDIO_EXTENSIONS", "CatalogEntry", "add_to_index", "read_catalog"]
+__all__ = ["AUDIO_EXTENSIONS", "CatalogEntry", "add_recording", "add_to_index", "read_catalog"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,30 @@ def indexed_paths(index: ReferenceIndex) -> set[str]:
     return paths
 
 
+def add_recording(
+    embedder: Embedder,
+    index: ReferenceIndex,
+    work_id: str,
+    audio: Any,
+    sample_rate: int | None = None,
+    metadata: dict[str, Any] | None = None,
+    hop_s: float | None = None,
+) -> int:
+    """Add the non-silent windows of one reference recording (a path/URL, or a waveform with its
+    sample_rate) to ``index`` under ``work_id``; returns how many windows were added.
+
+    hop_s: hop between reference windows (default: REFERENCE_HOP_FRACTION of the model's window).
+    Each window's metadata: ``metadata`` plus its start in the recording (start_s).
+    """
+    hop = hop_s if hop_s is not None else embedder.window_s * REFERENCE_HOP_FRACTION
+    segments = embedder.embed_segments(audio, sample_rate, hop_s=hop)
+    keep = np.flatnonzero(~segments.silent)
+    if len(keep):
+        meta = [{**(metadata or {}), "start_s": round(float(segments.starts[i]), 3)} for i in keep]
+        index.add(segments.vectors[keep], [work_id] * len(keep), meta)
+    return len(keep)
+
+
 def add_to_index(
     embedder: Embedder,
     index: ReferenceIndex,
@@ -123,9 +147,8 @@ def add_to_index(
     skip_paths: set[str] | None = None,
     hop_s: float | None = None,
 ) -> tuple[int, list[tuple[str, str]]]:
-    """Embed each entry's windows and add them to ``index``.
+    """Embed each entry's windows and add them to ``index`` (:func:`add_recording`).
 
-    hop_s: hop between reference windows (default: REFERENCE_HOP_FRACTION of the model's window).
     Returns (recordings added, [(path, reason)] of recordings skipped: unreadable, silent, too short,
     or already present in ``skip_paths``). One bad file never stops a catalog build.
     """
@@ -137,23 +160,18 @@ def add_to_index(
             if skip_paths is not None and entry.path in skip_paths:
                 skipped.append((entry.path, "already in the index"))
                 continue
+            meta = {**entry.metadata, "path": entry.path, "version_id": entry.version_id}
             try:
-                hop = hop_s if hop_s is not None else embedder.window_s * REFERENCE_HOP_FRACTION
-                segments = embedder.embed_segments(entry.path, hop_s=hop)
+                windows = add_recording(
+                    embedder, index, entry.work_id, entry.path, metadata=meta, hop_s=hop_s
+                )
             except (AudioError, ValueError, OSError) as exc:
                 skipped.append((entry.path, str(exc)))
                 logger.warning("skipped %s: %s", entry.path, exc)
                 continue
-            keep = np.flatnonzero(~segments.silent)
-            if len(keep) == 0:
+            if windows == 0:
                 skipped.append((entry.path, "silent"))
                 continue
-            meta = [
-                {**entry.metadata, "path": entry.path, "version_id": entry.version_id,
-                 "start_s": round(float(segments.starts[i]), 3)}
-                for i in keep
-            ]  # fmt: skip
-            index.add(segments.vectors[keep], [entry.work_id] * len(keep), meta)
             added += 1
         finally:
             if progress is not None:

@@ -338,6 +338,8 @@ def cmd_index_search(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from csi_runtime import cli_audio
+
     parser = argparse.ArgumentParser(
         prog="csi", description="csi: version identification from training to broadcast monitoring"
     )
@@ -372,10 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--update", action="store_true", help="add recordings not yet in the existing index")
     p.add_argument("--remove", action="append", metavar="WORK_ID", help="remove a work (repeatable)")
-    p.add_argument("--model", default=None, help="model bundle folder (default: the packaged model)")
-    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=None, help="inference threads")
+    cli_audio.add_model_args(p)
     p.add_argument(
         "--hop-s", type=float, default=None, help="hop between reference windows, s (default: window/4)"
     )
@@ -398,8 +397,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_index_search)
-    from csi_runtime import cli_audio
-
     cli_audio.register(sub, idx)
     _add_plugin_commands(sub)
     return parser

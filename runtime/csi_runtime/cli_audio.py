@@ -31,7 +31,7 @@ def _embedder(args: argparse.Namespace) -> Any:
     return Embedder(args.model, backend=args.backend, device=args.device, threads=args.threads)
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model bundle folder (default: the packaged model)")
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -142,7 +142,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from csi_runtime.calibrate import calibrate_threshold
+    from csi_runtime.calibrate import calibrate_threshold, window_scores
     from csi_runtime.catalog import read_catalog
     from csi_runtime.cli import Progress
     from csi_runtime.index import ReferenceIndex
@@ -163,16 +163,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 segments = embedder.embed_segments(entry.path)
                 vectors = segments.vectors[~segments.silent]
                 if len(vectors):
-                    for hits in index.search(vectors, k=args.k):
-                        if is_positive:
-                            # the decision is "top-1 is the work and its score passes": a window whose
-                            # top-1 is another work is a miss whatever the threshold
-                            top = hits[0] if hits else None
-                            pos_scores.append(
-                                float(top.score) if top and top.work_id == entry.work_id else -1.0
-                            )
-                        else:
-                            neg_scores.append(float(hits[0].score) if hits else -1.0)
+                    hits = index.search(vectors, k=args.k)
+                    if is_positive:
+                        pos_scores += window_scores(hits, entry.work_id)
+                    else:
+                        neg_scores += window_scores(hits)
                 progress.advance(1)
     finally:
         progress.close()
@@ -286,7 +281,7 @@ def register(sub: Any, index_sub: Any) -> None:
     p.add_argument("--index", required=True, help="reference index (.csi) built with the same model")
     p.add_argument("-k", type=int, default=10, help="works to list (default 10)")
     p.add_argument("--json", action="store_true")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_identify)
 
     p = sub.add_parser("monitor", help="detect catalog works in a stream (file, stdin PCM or URL)")
@@ -310,7 +305,7 @@ def register(sub: Any, index_sub: Any) -> None:
     p.add_argument("--pcm-format", default="s16le", choices=["s16le", "s32le", "f32le"])
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument("--no-plots", action="store_true", help="no PNG timelines")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("calibrate", help="pick the threshold for a target false-alarm rate")
@@ -322,5 +317,5 @@ def register(sub: Any, index_sub: Any) -> None:
     )
     p.add_argument("-k", type=int, default=10)
     p.add_argument("-o", "--out", help="write the calibration JSON here")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_calibrate)

@@ -41,8 +41,6 @@ logger = logging.getLogger(__name__)
 
 #: folder of the packaged default model inside csi_runtime
 DEFAULT_BUNDLE = "models/default"
-#: a window whose audio peak stays below this level is silent: its vector is all zeros
-SILENCE_PEAK_DBFS = -70.0
 #: windows encoded per encoder call
 ENCODER_BATCH = 32
 
@@ -112,6 +110,9 @@ class Embedder:
         self.min_frames: int = int(m["encoder"]["min_frames"])
         self.max_frames: int = int(m["encoder"]["max_frames"])
         self.min_samples: int = self.bundle.min_samples_file
+        from csi_runtime.audio import SILENCE_PEAK_DBFS  # soundfile/soxr load on first use, not at import
+
+        #: a window peaking below this (linear) level is silent: its vector is all zeros
         self.silence_peak = 10.0 ** (SILENCE_PEAK_DBFS / 20.0)
         logger.info(
             "Embedder %s: backend %s on %s, %d-d, %d Hz",
@@ -214,7 +215,7 @@ class Embedder:
 
         audio: a waveform (then sample_rate is required) or a path/URL. The frontend runs once over
         the whole track; a final window aligned to the end covers a remainder. Silent windows (peak
-        below SILENCE_PEAK_DBFS) get all-zero vectors and silent=True.
+        below csi_runtime.audio.SILENCE_PEAK_DBFS) get all-zero vectors and silent=True.
         """
         if isinstance(audio, (str, os.PathLike)):
             samples = self._load(audio, None)
@@ -282,7 +283,7 @@ class Embedder:
         return load_audio(path, self.sample_rate, max_duration_s=max_duration_s, silence_peak_dbfs=None)
 
     def _check_usable(self, audio: np.ndarray, name: str) -> None:
-        from csi_runtime.audio import SilentAudioError, TooShortAudioError
+        from csi_runtime.audio import SILENCE_PEAK_DBFS, SilentAudioError, TooShortAudioError
 
         if len(audio) < self.min_samples:
             raise TooShortAudioError(

@@ -476,7 +476,8 @@ def run_demo(
     the packaged works, at most max(12, n_catalog)). progress(stage, done, total) is called as
     the demo goes. Raises FileExistsError for a non-empty out_dir unless force.
     """
-    from csi_runtime.calibrate import calibrate_threshold, min_negatives
+    from csi_runtime.calibrate import calibrate_threshold, min_negatives, window_scores
+    from csi_runtime.catalog import add_recording
     from csi_runtime.embedder import Embedder
     from csi_runtime.index import ReferenceIndex
     from csi_runtime.monitor import Monitor, run_monitor
@@ -518,17 +519,8 @@ def run_demo(
     ref_hop = embedder.window_s / 4
     for i, work in enumerate(catalog):
         audio = _render(work, REFERENCE_VERSION, seed, REFERENCE_MAX_S)
-        segs = embedder.embed_segments(audio, SAMPLE_RATE, hop_s=ref_hop)
-        keep = np.flatnonzero(~segs.silent)
-        meta = [
-            {
-                "title": work.title,
-                "version_id": f"v{REFERENCE_VERSION:02d}",
-                "start_s": round(float(segs.starts[j]), 3),
-            }
-            for j in keep
-        ]
-        index.add(segs.vectors[keep], [work.work_id] * len(keep), meta)
+        meta = {"title": work.title, "version_id": f"v{REFERENCE_VERSION:02d}"}
+        add_recording(embedder, index, work.work_id, audio, SAMPLE_RATE, metadata=meta, hop_s=ref_hop)
         report("catalog", i + 1, n_catalog)
     logger.info("catalog: %d works, %d reference windows", n_catalog, len(index))
 
@@ -545,12 +537,11 @@ def run_demo(
         audio = degrade(audio, DEGRADATIONS[i % len(DEGRADATIONS)], cal_rng)
         segs = embedder.embed_segments(audio, SAMPLE_RATE, hop_s=CALIBRATION_HOP_S)
         vectors = segs.vectors[~segs.silent]
-        for hits in index.search(vectors, k=1, threads=1) if len(vectors) else []:
-            top = hits[0] if hits else None
-            if positive:
-                pos_scores.append(float(top.score) if top and top.work_id == work.work_id else -1.0)
-            else:
-                neg_scores.append(float(top.score) if top else -1.0)
+        hits = index.search(vectors, k=1, threads=1) if len(vectors) else []
+        if positive:
+            pos_scores += window_scores(hits, work.work_id)
+        else:
+            neg_scores += window_scores(hits)
         report("calibration", i + 1, len(cal_items))
     if len(neg_scores) < min_negatives(TARGET_FAR):
         raise ValueError(

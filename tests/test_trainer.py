@@ -171,6 +171,30 @@ def test_incompatible_resume_and_damaged_checkpoints_are_refused(corpus: Path, t
         load_checkpoint(tmp_path / "nowhere")
 
 
+def test_init_from_starts_a_new_run_from_a_checkpoints_backbone(corpus: Path, tmp_path: Path) -> None:
+    train(config_from_dict(tiny_config(corpus, tmp_path / "base", optim__epochs=1)), progress=False)
+    base = load_checkpoint(tmp_path / "base" / "last")
+    # with no step taken (lr ~ 0) the fine-tuned model still is the base model, bit for bit
+    cfg = tiny_config(corpus, tmp_path / "ft", optim__epochs=1, optim__lr=1e-12)
+    cfg["init_from"] = str(tmp_path / "base" / "last")
+    train(config_from_dict(cfg), progress=False)
+    tuned = load_checkpoint(tmp_path / "ft" / "last")
+    for (name, a), b in zip(base.encoder.backbone.state_dict().items(), tuned.encoder.backbone.state_dict().values()):
+        if a.is_floating_point() and "running" not in name:
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    # without init_from the same config starts elsewhere
+    cfg.pop("init_from")
+    train(config_from_dict({**cfg, "out_dir": str(tmp_path / "scratch")}), progress=False)
+    fresh = load_checkpoint(tmp_path / "scratch" / "last")
+    w = "embed.weight"
+    assert not torch.allclose(base.encoder.backbone.state_dict()[w], fresh.encoder.backbone.state_dict()[w])
+    # a checkpoint of another model is refused with the differing keys named
+    other = tiny_config(corpus, tmp_path / "other", model__embedding_dim=64)
+    other["init_from"] = str(tmp_path / "base" / "last")
+    with pytest.raises(CheckpointError, match=r"cannot start from .*model\.embedding_dim"):
+        train(config_from_dict(other), progress=False)
+
+
 def test_training_separates_works(tmp_path: Path) -> None:
     """A real learning check: after a short run, validation MAP beats chance by a wide margin."""
     manifest = make_corpus(tmp_path / "c", n_works=16, n_versions=4, seed=11)

@@ -41,6 +41,7 @@ RESUMABLE_CHANGES = (
     "device",
     "amp",
     "threads",
+    "init_from",
     "data.num_workers",
     "data.cache_dir",
 )
@@ -49,6 +50,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "check_resumable",
+    "init_backbone",
     "load_backbone_weights",
     "load_checkpoint",
     "save_checkpoint",
@@ -208,3 +210,24 @@ def check_resumable(header: dict[str, Any], config: TrainConfig) -> None:
             "cannot resume: the checkpoint was trained with a different config; differing keys: "
             + ", ".join(differing)
         )
+
+
+def init_backbone(directory: str | Path, backbone: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
+    """Start ``backbone`` from the weights of checkpoint ``directory`` (fine-tuning); returns its header.
+
+    Refused, with the differing keys named, when the checkpoint's frontend or model section differs
+    from ``config``'s: the weights would then mean something else.
+    """
+    header = read_header(directory)
+    ours = config_to_dict(config)
+    differing = [
+        key
+        for key in config_diff(header["config"], ours)
+        if key == "frontend" or key.startswith(("frontend.", "model."))
+    ]
+    if differing:
+        raise CheckpointError(
+            f"cannot start from {directory}: its frontend/model config differs in " + ", ".join(differing)
+        )
+    load_backbone_weights(directory, backbone)
+    return header

@@ -187,6 +187,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision, used on CUDA only
     threads: int | None = None  # torch intra-op threads on CPU; None: torch's default
+    # a checkpoint folder whose backbone weights start this run (fine-tuning, e.g. on more data);
+    # its frontend and model sections must equal this config's; the head and optimiser start fresh
+    init_from: str | None = None
     frontend: dict[str, Any] = field(default_factory=_default_frontend)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from csi_training.checkpoint import check_resumable, read_header, save_checkpoint
+from csi_training.checkpoint import check_resumable, init_backbone, read_header, save_checkpoint
 from csi_training.config import TrainConfig
 from csi_training.datasets import FeatureSet, embed_features
 from csi_training.distributed import Process, autocast, cpu_supports_bf16, init_process, resolve_device
@@ -193,10 +193,14 @@ def _train(
     if resume:
         start_epoch, step, history, best_map = _restore(last_dir, config, net, optimizer, scheduler, scaler)
         logger.info("resuming %s at epoch %d (step %d)", out_dir, start_epoch, step)
-    elif proc.main and last_dir.exists():
-        raise FileExistsError(
-            f"{out_dir} already holds a run; pass --resume to continue it or choose another out_dir"
-        )
+    else:
+        if proc.main and last_dir.exists():
+            raise FileExistsError(
+                f"{out_dir} already holds a run; pass --resume to continue it or choose another out_dir"
+            )
+        if config.init_from:
+            init_backbone(config.init_from, net.backbone, config)
+            logger.info("backbone initialised from %s", config.init_from)
     eval_frames = max(8, round(config.data.eval_max_s * frame_rate))
     info_base = {
         "train_works": len(batches.labels),

@@ -179,7 +179,9 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_backbone(corpus: Path, tm
     cfg["init_from"] = str(tmp_path / "base" / "last")
     train(config_from_dict(cfg), progress=False)
     tuned = load_checkpoint(tmp_path / "ft" / "last")
-    for (name, a), b in zip(base.encoder.backbone.state_dict().items(), tuned.encoder.backbone.state_dict().values()):
+    for (name, a), b in zip(
+        base.encoder.backbone.state_dict().items(), tuned.encoder.backbone.state_dict().values()
+    ):
         if a.is_floating_point() and "running" not in name:
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
     # without init_from the same config starts elsewhere

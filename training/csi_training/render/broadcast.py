@@ -171,19 +171,23 @@ def time_stretch(x: np.ndarray, rate: float, sample_rate: int = SAMPLE_RATE) -> 
         return np.zeros(length, np.float32)
     n_fft, hop = _pv_sizes(sample_rate)
     spec = _stft(x, n_fft, hop)
-    n_frames = spec.shape[1]
+    n_bins, n_frames = spec.shape
     steps = np.arange(0.0, n_frames, rate)
-    spec = np.concatenate([spec, np.zeros((spec.shape[0], 2), spec.dtype)], axis=1)
+    # magnitudes and phases of the input frames, and two silent frames past the end
+    magnitude = np.concatenate([np.abs(spec), np.zeros((n_bins, 2))], axis=1)
+    angle = np.concatenate([np.angle(spec), np.zeros((n_bins, 2))], axis=1)
     k = steps.astype(np.int64)
     alpha = steps - k
-    mag = (1.0 - alpha) * np.abs(spec[:, k]) + alpha * np.abs(spec[:, k + 1])
-    advance = 2.0 * np.pi * hop * np.arange(spec.shape[0]) / n_fft  # expected phase advance per hop
-    deviation = np.angle(spec[:, k + 1]) - np.angle(spec[:, k]) - advance[:, None]
+    mag = (1.0 - alpha) * magnitude[:, k] + alpha * magnitude[:, k + 1]
+    advance = 2.0 * np.pi * hop * np.arange(n_bins) / n_fft  # expected phase advance per hop
+    # each input frame's measured advance over the next: expected + wrapped deviation
+    deviation = angle[:, 1:] - angle[:, :-1] - advance[:, None]
     deviation -= 2.0 * np.pi * np.round(deviation / (2.0 * np.pi))
-    increments = advance[:, None] + deviation
-    phase = np.angle(spec[:, :1]) + np.concatenate(
-        [np.zeros((spec.shape[0], 1)), np.cumsum(increments[:, :-1], axis=1)], axis=1
-    )
+    increments = (advance[:, None] + deviation)[:, k[:-1]]
+    phase = np.empty_like(mag)
+    phase[:, 0] = angle[:, 0]
+    np.cumsum(increments, axis=1, out=phase[:, 1:])
+    phase[:, 1:] += angle[:, :1]
     return _istft(mag * np.exp(1j * phase), n_fft, hop, length).astype(np.float32)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,8 @@ def test_held_out_works_are_the_baseline_test_works() -> None:
 
 
 def test_tiny_run_writes_its_report(exported_bundle: tuple[Path, Path], tmp_path: Path) -> None:
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg not on PATH (the mp3 condition)")
     conditions = ["factor: key", "cover: clean", "cover: mp3", "excerpt 10 s", "broadcast 20 s"]
     seen: list[rb.QueryOutcome] = []
     results = rb.run_robustness(
@@ -215,3 +218,13 @@ def test_cli_refuses_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="--works"):
         rb.main(["--works", "0", "--notes", str(NOTES), "--out", str(tmp_path / "r.md"), "--no-progress"])
     assert not (tmp_path / "r.md").exists()
+
+
+def test_without_ffmpeg_the_run_stops_naming_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from csi_training.render.effects import FFmpegError
+
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(FFmpegError, match="ffmpeg"):
+        rb.run_robustness(None, NOTES, 10, progress=False)
+    with pytest.raises(SystemExit, match="ffmpeg"):
+        rb.main(["--works", "10", "--notes", str(NOTES), "--out", str(tmp_path / "r.md"), "--no-progress"])

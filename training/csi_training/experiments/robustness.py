@@ -599,6 +599,14 @@ def format_markdown(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+def _json_text(results: dict[str, Any]) -> str:
+    """JSON of the results, indented, with one line per query (thousands of them)."""
+    head = {k: v for k, v in results.items() if k != "queries"}
+    text = json.dumps(head, indent=1, allow_nan=False)
+    rows = ",\n".join("  " + json.dumps(q, allow_nan=False) for q in results.get("queries", []))
+    return text[: -len("\n}")] + ',\n "queries": [\n' + rows + "\n ]\n}\n"
+
+
 def write_report(results: dict[str, Any], out: str | Path, command: str) -> tuple[Path, Path]:
     """Write the Markdown report to ``out`` and the JSON next to it (same stem), atomically."""
     from csi_runtime.atomic import atomic_write_text
@@ -606,7 +614,7 @@ def write_report(results: dict[str, Any], out: str | Path, command: str) -> tupl
     md = Path(out)
     md.parent.mkdir(parents=True, exist_ok=True)
     js = md.with_suffix(".json")
-    atomic_write_text(js, json.dumps({**results, "command": command}, indent=1, allow_nan=False) + "\n")
+    atomic_write_text(js, _json_text({**results, "command": command}))
     atomic_write_text(md, format_markdown(results, command))
     return md, js
 

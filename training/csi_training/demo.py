@@ -6,8 +6,9 @@
    (a quarter window apart, as ``csi index build`` does).
 2. **Stream**: a broadcast-like programme at 16 kHz: covers of catalog works (other versions:
    key, tempo, instruments, structure and mix differ) as 20-40 s excerpts, music that is not in
-   the catalog, speech-like babble between items, and broadcast degradations (noise, EQ, a codec
-   stand-in, a speed change, a voice talking over the music). The truth of every item is kept.
+   the catalog, speech-like babble between items, and broadcast degradations
+   (``csi_training.render.broadcast``: noise, EQ, MP3 at 64 kbit/s, a speed change, a voice
+   talking over the music, a pitch shift, compression). The truth of every item is kept.
 3. **Threshold**: calibrated at a 2 % false-alarm target on a separate set (third versions of
    the catalog works vs other unknown works), never on the stream's own items.
 4. **Monitor**: ``Monitor`` runs over the stream in 1 s chunks with the ``csi monitor`` defaults;
@@ -77,8 +78,10 @@ MAX_GAP_WINDOWS = 2
 START_UTC = "2026-01-01T00:00:00Z"  # stream second 0 (a fixed date: the report is reproducible)
 CHANNEL = "demo"
 
-#: broadcast degradations, drawn in turn for the stream's music items
-DEGRADATIONS = ("clean", "noise", "eq", "codec", "speed", "voice_over")
+#: broadcast degradations (csi_training.render.broadcast), drawn in turn for the stream's music
+#: items; "mp3" needs ffmpeg: without it the codec stand-in "codec_approx" takes its place (logged,
+#: and the truth names the one used)
+DEGRADATIONS = ("clean", "noise", "eq", "mp3", "speed", "voice_over", "pitch", "compression")
 
 # Cover versions of a catalog work: version 0 is the reference (the original arrangement),
 # version 1 plays in the stream, version 2 calibrates the threshold.
@@ -175,40 +178,16 @@ def _babble(seconds: float, rng: np.random.Generator) -> np.ndarray:
     return _normalize(make_noise("babble", int(seconds * SAMPLE_RATE), SAMPLE_RATE, rng), SPEECH_DBFS)
 
 
-def degrade(x: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
-    """A broadcast degradation of music x (float32 [n] at SAMPLE_RATE), returned at MUSIC_DBFS.
+def _degradation_cycle() -> tuple[str, ...]:
+    """DEGRADATIONS, with "codec_approx" for "mp3" when ffmpeg is not on PATH."""
+    from csi_training.render.effects import FFmpegError, find_ffmpeg
 
-    kind: "clean"; "noise" (white/pink, 5-15 dB SNR); "eq" (tilt ±6 dB/octave, some with a 3-5 kHz
-    low-pass); "codec" (the 64 kbit/s codec stand-in); "speed" (played 3-4 % fast or slow: tempo
-    and pitch change together); "voice_over" (babble 0-6 dB under the music).
-    """
-    from scipy import signal
-
-    from csi_training.render import effects
-
-    if kind == "clean":
-        y = x
-    elif kind == "noise":
-        y = effects.add_noise(
-            x, float(rng.uniform(5, 15)), str(rng.choice(["white", "pink"])), SAMPLE_RATE, rng
-        )
-    elif kind == "eq":
-        lowpass = float(rng.uniform(3000, 5000)) if rng.random() < 0.5 else 0.0
-        fir = effects.eq_fir(SAMPLE_RATE, float(rng.uniform(-6, 6)), lowpass)
-        y = signal.fftconvolve(x, fir, mode="same").astype(np.float32)
-    elif kind == "codec":
-        y = effects.codec_approx(x, SAMPLE_RATE, 64)
-    elif kind == "speed":
-        factor = float(rng.uniform(1.03, 1.04)) * (1 if rng.random() < 0.5 else -1)
-        factor = factor if factor > 0 else 1.0 / -factor
-        y = signal.resample_poly(x, 1000, round(1000 * factor)).astype(np.float32)
-    elif kind == "voice_over":
-        talk = effects.make_noise("babble", len(x), SAMPLE_RATE, rng)
-        power = float(np.mean(np.square(x, dtype=np.float64)))
-        y = (x + talk * np.sqrt(power / 10.0 ** (float(rng.uniform(0, 6)) / 10.0))).astype(np.float32)
-    else:
-        raise ValueError(f"unknown degradation {kind!r}; expected one of {', '.join(DEGRADATIONS)}")
-    return _normalize(y, MUSIC_DBFS)
+    try:
+        find_ffmpeg()
+    except FFmpegError as exc:
+        logger.warning("%s: the stream's codec items use the codec stand-in (codec_approx)", exc)
+        return tuple("codec_approx" if d == "mp3" else d for d in DEGRADATIONS)
+    return DEGRADATIONS
 
 
 def _render(work: Any, version: int, seed: int, max_s: float) -> np.ndarray:
@@ -482,6 +461,7 @@ def run_demo(
     from csi_runtime.index import ReferenceIndex
     from csi_runtime.monitor import Monitor, run_monitor
     from csi_runtime.sink import DetectionSink
+    from csi_training.render.broadcast import degrade
     from csi_training.render.notes import load_note_corpus
 
     t_start = time.monotonic()
@@ -513,6 +493,7 @@ def run_demo(
     unknown = [works[i] for i in order[n_catalog : n_catalog + n_unknown]]
     cal_unknown = [works[i] for i in order[n_catalog + n_unknown : n_catalog + n_unknown + n_cal]]
     embedder = Embedder(threads=threads)
+    degradations = _degradation_cycle()
 
     # 1. catalog
     index = ReferenceIndex(embedder.dim, model_id=embedder.model_id)
@@ -534,7 +515,7 @@ def run_demo(
         audio = _render(work, version, seed, VERSION_MAX_S)
         if positive:
             audio = _excerpt(audio, cal_rng)
-        audio = degrade(audio, DEGRADATIONS[i % len(DEGRADATIONS)], cal_rng)
+        audio = degrade(audio, degradations[i % len(degradations)], cal_rng, SAMPLE_RATE, MUSIC_DBFS)
         segs = embedder.embed_segments(audio, SAMPLE_RATE, hop_s=CALIBRATION_HOP_S)
         vectors = segs.vectors[~segs.silent]
         hits = index.search(vectors, k=1, threads=1) if len(vectors) else []
@@ -576,9 +557,10 @@ def run_demo(
     for i, (kind, work) in enumerate(music):
         append("speech", "", _babble(stream_rng.uniform(*SPEECH_GAP_S), stream_rng), -1, "clean")
         version = STREAM_VERSION if kind == "cover" else int(stream_rng.integers(0, 3))
-        degradation = DEGRADATIONS[i % len(DEGRADATIONS)]
+        degradation = degradations[i % len(degradations)]
         excerpt = _excerpt(_render(work, version, seed, VERSION_MAX_S), stream_rng)
-        append(kind, work.work_id, degrade(excerpt, degradation, stream_rng), version, degradation)
+        degraded = degrade(excerpt, degradation, stream_rng, SAMPLE_RATE, MUSIC_DBFS)
+        append(kind, work.work_id, degraded, version, degradation)
         report("stream", i + 1, len(music))
     append("speech", "", _babble(stream_rng.uniform(*SPEECH_GAP_S), stream_rng), -1, "clean")
     stream = np.clip(np.concatenate(pieces), -1.0, 1.0).astype(np.float32)

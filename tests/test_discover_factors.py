@@ -24,7 +24,7 @@ def reference_factors(
     """(f0 factor, timbre factor) of one clip [F, T], float64, one frame at a time."""
     x = np.maximum(clip.astype(np.float64), 0.0)
     x = x / max(x.max(), 1e-6)
-    n_bins, n_frames = x.shape
+    n_frames = x.shape[1]
     midi_fmin = 69 + 12 * math.log2(fmin_hz / 440.0)
     contour, voiced_frames, profile, ceps = [], [], np.zeros(12), []
     voiced = np.zeros(n_frames, bool)
@@ -43,7 +43,9 @@ def reference_factors(
     timbre = np.zeros(2 * n_coeffs)
     if voiced_frames:
         c = np.array([contour[t] for t in voiced_frames])
-        deltas = [abs(contour[t + 1] - contour[t]) for t in range(n_frames - 1) if voiced[t] and voiced[t + 1]]
+        deltas = [
+            abs(contour[t + 1] - contour[t]) for t in range(n_frames - 1) if voiced[t] and voiced[t + 1]
+        ]
         f0[0], f0[1] = c.mean(), c.std()
         f0[2] = np.mean(deltas) if deltas else 0.0
         f0[4:] = profile / profile.sum()
@@ -62,7 +64,9 @@ def random_crops(rng: np.random.Generator, batch: int, n_bins: int, frames: int)
     return x.astype(np.float32)
 
 
-@pytest.mark.parametrize(("batch", "n_bins", "frames", "bpo"), [(1, 84, 1, 12), (5, 84, 37, 12), (4, 108, 64, 36)])
+@pytest.mark.parametrize(
+    ("batch", "n_bins", "frames", "bpo"), [(1, 84, 1, 12), (5, 84, 37, 12), (4, 108, 64, 36)]
+)
 def test_factors_match_the_reference(
     rng: np.random.Generator, batch: int, n_bins: int, frames: int, bpo: int
 ) -> None:

@@ -49,7 +49,9 @@ def test_transition_gradient_matches_the_analytic_one(
 
 
 @pytest.mark.parametrize(("dim", "ratio"), [(2, 0.3), (10, 0.3), (256, 0.1), (64, 0.9)])
-def test_mask_zeroes_the_top_ratio_gradient_magnitudes(rng: np.random.Generator, dim: int, ratio: float) -> None:
+def test_mask_zeroes_the_top_ratio_gradient_magnitudes(
+    rng: np.random.Generator, dim: int, ratio: float
+) -> None:
     scores = rng.standard_normal((7, dim))
     keep = top_ratio_keep_mask(torch.from_numpy(scores), ratio).numpy()
     n_mask = min(dim - 1, max(1, math.ceil(ratio * dim - 1e-9)))

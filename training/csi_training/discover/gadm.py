@@ -25,7 +25,9 @@ def _same_work_pairs(labels: torch.Tensor) -> torch.Tensor:
     return torch.triu(same, diagonal=1).float()
 
 
-def transition_gradient(embeddings: torch.Tensor, labels: torch.Tensor, cost: str = "sqeuclidean") -> torch.Tensor:
+def transition_gradient(
+    embeddings: torch.Tensor, labels: torch.Tensor, cost: str = "sqeuclidean"
+) -> torch.Tensor:
     """d(transition cost)/d(embeddings) float32 [B, D] for embeddings [B, D] and work labels [B].
 
     cost: ``"sqeuclidean"`` (||h_i - h_j||^2) or ``"cosine"`` (1 - cos(h_i, h_j)). The embeddings are
@@ -33,7 +35,9 @@ def transition_gradient(embeddings: torch.Tensor, labels: torch.Tensor, cost: st
     the batch gets a zero row.
     """
     if embeddings.dim() != 2 or labels.shape != embeddings.shape[:1]:
-        raise ValueError(f"need embeddings [B, D] and labels [B], got {tuple(embeddings.shape)}, {tuple(labels.shape)}")
+        raise ValueError(
+            f"need embeddings [B, D] and labels [B], got {tuple(embeddings.shape)}, {tuple(labels.shape)}"
+        )
     with torch.enable_grad():
         h = embeddings.detach().float().requires_grad_(True)
         if cost == "sqeuclidean":

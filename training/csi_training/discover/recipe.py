@@ -81,6 +81,10 @@ class FactorStandardiser(nn.Module):
     """Running per-dimension mean/variance of a factor (initialised from the first batch), applied as
     (z - mean) / std so that q sees unit-scale targets whatever the factor's units."""
 
+    mean: torch.Tensor
+    var: torch.Tensor
+    count: torch.Tensor
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
@@ -145,6 +149,17 @@ class DiscoverRecipe(nn.Module):
 
     # -- phases ----------------------------------------------------------------------------------
 
+    def q(self, factor: str) -> VariationalGaussian:
+        """The variational network q(factor | embedding)."""
+        net = self.club[factor]
+        assert isinstance(net, VariationalGaussian)
+        return net
+
+    def _standardised(self, factor: str, z: torch.Tensor) -> torch.Tensor:
+        standardiser = self.standardise[factor]
+        assert isinstance(standardiser, FactorStandardiser)
+        return standardiser(z)
+
     def _sync(self, params: Any) -> None:
         if self.world_size > 1:
             for p in params:
@@ -157,7 +172,7 @@ class DiscoverRecipe(nn.Module):
         nll = 0.0
         for _ in range(self.config.club_steps):
             self.club_optimizer.zero_grad(set_to_none=True)
-            loss = sum(-self.club[name].log_likelihood(h, z) for name, z in factors.items())
+            loss = sum(-self.q(name).log_likelihood(h, z) for name, z in factors.items())
             assert isinstance(loss, torch.Tensor)
             loss.backward()
             self._sync(self.club.parameters())
@@ -207,7 +222,7 @@ class DiscoverRecipe(nn.Module):
         factors: dict[str, torch.Tensor] = {}
         if c.kdm:
             raw = version_factors(features, tuple(self.club.keys()), self.frontend_config, c.n_timbre_coeffs)
-            factors = {name: self.standardise[name](z.to(h.device)) for name, z in raw.items()}
+            factors = {name: self._standardised(name, z.to(h.device)) for name, z in raw.items()}
             stats["q_nll"] = self._variational_phase(h, factors)
         if self.discriminator is not None:
             disentangled = disentangle(h, self.keep_mask(h, labels, step))
@@ -222,7 +237,7 @@ class DiscoverRecipe(nn.Module):
             if c.kdm:
                 w = c.mi_weight * ramp(step, c.mi_warmup_steps)
                 for name, z in factors.items():
-                    mi = self.club[name].mi_upper_bound(embeddings.float(), z)
+                    mi = self.q(name).mi_upper_bound(embeddings.float(), z)
                     stats[f"mi_{name}"] = float(mi.detach())
                     extra = extra + w * mi.clamp(min=c.mi_clamp)
             if self.discriminator is not None:

@@ -24,7 +24,10 @@ the ablation script (``csi_training.experiments.discover_ablation``) measures th
   is the CQT's dominant-bin contour (statistics + pitch-class profile) and timbre is a CQT cepstrum
   (DCT of the log1p spectrum, coefficients 1..n, mean/std) — see :mod:`.factors`. Factors are
   computed on the augmented crop the backbone sees (a pitch-rolled crop has a shifted F0 factor,
-  which is exactly the variation to be ignored) and standardised with running statistics.
+  which is exactly the variation to be ignored) and standardised with running statistics. The
+  CQT tracker follows the loudest partial, which is usually but not always the fundamental;
+  :func:`.yin.audio_f0_factor` gives the same factor from audio with YIN (tested against librosa and
+  against the CQT factor) for sources that have the waveform.
 - *vCLUB form*: the full in-batch bound (every clip's q against all factors of the batch), q a
   diagonal Gaussian with MLP mean and bounded log-variance; one q per factor, equal weights.
 - *Warm-up and clamping*: q trains alone for ``mi_warmup_steps``, then the MI weight ramps in
@@ -48,15 +51,18 @@ from csi_training.discover.club import VariationalGaussian, estimate_mi
 from csi_training.discover.factors import cqt_f0_factor, cqt_timbre_factor
 from csi_training.discover.gadm import Discriminator, top_ratio_keep_mask, transition_gradient
 from csi_training.discover.recipe import DiscoverRecipe, version_factors
+from csi_training.discover.yin import audio_f0_factor, yin
 
 __all__ = [
     "DiscoverRecipe",
     "Discriminator",
     "VariationalGaussian",
+    "audio_f0_factor",
     "cqt_f0_factor",
     "cqt_timbre_factor",
     "estimate_mi",
     "top_ratio_keep_mask",
     "transition_gradient",
     "version_factors",
+    "yin",
 ]

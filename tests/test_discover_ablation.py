@@ -50,8 +50,15 @@ def test_ablation_writes_the_table(tmp_path: Path) -> None:
     assert len(few) == 8 * 2  # at most 2 versions of each training work
     table = out.read_text()
     assert "+KDM +GADM (DisCover)" in table and "Few-shot split" in table
+    assert f"Command: `python -m csi_training.experiments.discover_ablation --out {out}" in table
 
     # a second call finds every run finished and only re-evaluates
     mtime = (tmp_path / "work" / "both" / "last" / "model.safetensors").stat().st_mtime_ns
     assert main(argv) == 0
     assert (tmp_path / "work" / "both" / "last" / "model.safetensors").stat().st_mtime_ns == mtime
+
+    # the report re-written from the JSON, with a note, leaves the command as it was run
+    assert main([*argv, "--report-only", "--note", "SMOKE SCALE"]) == 0
+    table = out.read_text()
+    assert table.splitlines()[1] == "SMOKE SCALE" and "--report-only" not in table and "--note" not in table
+    assert "+KDM +GADM (DisCover)" in table

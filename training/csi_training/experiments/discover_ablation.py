@@ -27,6 +27,8 @@ import argparse
 import hashlib
 import json
 import logging
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -194,6 +196,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     features, factors = _test_set(args, test_manifest)
     logger.info("%d training works; test: %d works, %d tracks", n_train, n_test, len(features))
     result: dict[str, Any] = {
+        "command": args.command,
         "train_works": n_train,
         "test_works": n_test,
         "test_tracks": len(features),
@@ -247,9 +250,26 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _command(argv: list[str]) -> str:
+    """The command line that reproduces a run (report-only options left out)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif arg != "--report-only" and not arg.startswith("--note="):
+            kept.append(arg)
+    return "python -m csi_training.experiments.discover_ablation " + shlex.join(kept)
+
+
 def _report(result: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         "<!-- written by python -m csi_training.experiments.discover_ablation -->",
+        *([args.note, ""] if args.note else []),
+        f"Command: `{result['command']}`",
+        "",
         f"Training: {result['train_works']} works of `{args.train_manifest}` (config `{args.config}`, "
         f"seed {args.seed}, {args.epochs} epochs"
         + (f" × {args.steps_per_epoch} steps" if args.steps_per_epoch else "")
@@ -265,7 +285,14 @@ def _report(result: dict[str, Any], args: argparse.Namespace) -> str:
         lines += [
             "",
             "Few-shot split: the same training works with at most 2 versions each; on the test works one "
-            "version per work is the only reference, the others query it.",
+            "version per work is the only reference, the others query it."
+            + (
+                f" The variants start from `{args.init_from}`, which saw every version of the training "
+                "works: this split then tests the fine-tuning, not learning from few versions "
+                "(`--few-shot-from-scratch` does)."
+                if args.init_from and not args.few_shot_from_scratch
+                else " The variants train from scratch."
+            ),
             "",
             *_table(result["few_shot_rows"]),
         ]
@@ -302,13 +329,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--progress", action="store_true")
-    args = p.parse_args(argv)
+    p.add_argument("--note", default="", help="a paragraph put at the top of the report")
+    p.add_argument(
+        "--report-only", action="store_true", help="re-write the Markdown from the JSON next to --out"
+    )
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(raw_argv)
+    args.command = _command(raw_argv)
     unknown = sorted(set(args.variants + args.few_shot_variants) - set(VARIANTS))
     if unknown:
         p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    result = run(args)
-    print(Path(args.out).read_text())
+    out = Path(args.out)
+    if args.report_only:
+        result = json.loads(out.with_suffix(".json").read_text())
+        result.setdefault("command", args.command)
+        atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2, default=float) + "\n")
+        atomic_write_text(out, _report(result, args))
+    else:
+        result = run(args)
+    print(out.read_text())
     logger.info("done in %.0f s", result["wall_s"])
     return 0
 

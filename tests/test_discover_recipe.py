@@ -4,6 +4,8 @@ other, exact resume (the auxiliary networks included), and the config section.""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +113,23 @@ def test_discover_with_both_modules_off_is_the_move_recipe(corpus: Path, tmp_pat
     wb = load_file(str(tmp_path / "off" / "last" / "model.safetensors"))
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_keeps_the_auxiliary_networks_replicas(corpus: Path, tmp_path: Path) -> None:
+    """recipe: discover under torchrun with 2 CPU processes (gloo): the backbone and the vCLUB and
+    discriminator networks hold identical weights on both ranks after every epoch."""
+    config = tmp_path / "cfg.json"
+    cfg = tiny_config(corpus, tmp_path / "run", optim__epochs=2, data__works_per_batch=2, recipe="discover")
+    cfg["discover"] = {"mi_warmup_steps": 1, "adv_warmup_steps": 1}
+    config.write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "csi_runtime", "train", "--config", str(config), "--no-progress"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert run.stderr.count("parameters identical on 2 ranks") == 4  # backbone + auxiliary, 2 epochs
+    header = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
+    assert header["world_size"] == 2 and header["epoch"] == 2
 
 
 def test_config_section(tmp_path: Path) -> None:

@@ -285,6 +285,8 @@ def _train(
             "lr": scheduler.get_last_lr()[0],
         }
         _check_replicas(net, proc)
+        if recipe is not None:
+            _check_replicas(recipe, proc)  # the training-only networks must stay replicas too
         if proc.main:
             with autocast(device, config.amp):
                 record["val"] = _validate(net.backbone, val_set, device, eval_frames)

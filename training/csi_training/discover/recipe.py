@@ -79,14 +79,17 @@ def version_factors(
 
 class FactorStandardiser(nn.Module):
     """Running per-dimension mean/variance of a factor (initialised from the first batch), applied as
-    (z - mean) / std so that q sees unit-scale targets whatever the factor's units."""
+    (z - mean) / std so that q sees unit-scale targets whatever the factor's units. Under data
+    parallelism (``world_size`` > 1) each batch's statistics are averaged over the ranks first, so
+    every rank keeps the same running statistics."""
 
     mean: torch.Tensor
     var: torch.Tensor
     count: torch.Tensor
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, world_size: int = 1) -> None:
         super().__init__()
+        self.world_size = world_size
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("var", torch.ones(dim))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
@@ -95,6 +98,10 @@ class FactorStandardiser(nn.Module):
     def forward(self, z: torch.Tensor, update: bool = True) -> torch.Tensor:
         if update:
             mean, var = z.mean(dim=0), z.var(dim=0, unbiased=False)
+            if self.world_size > 1:
+                moments = torch.stack([mean, var])
+                dist.all_reduce(moments)
+                mean, var = moments / self.world_size
             if int(self.count) == 0:
                 self.mean.copy_(mean)
                 self.var.copy_(var)
@@ -136,7 +143,7 @@ class DiscoverRecipe(nn.Module):
                     self.club[name] = VariationalGaussian(
                         embedding_dim, dim, config.club_hidden, config.logvar_min, config.logvar_max
                     )
-                    self.standardise[name] = FactorStandardiser(dim)
+                    self.standardise[name] = FactorStandardiser(dim, world_size)
             self.discriminator = Discriminator(embedding_dim, config.disc_hidden) if config.gadm else None
         self.club_optimizer = (
             torch.optim.Adam(self.club.parameters(), lr=config.club_lr) if config.kdm else None

@@ -18,8 +18,8 @@ labels. One step is one round of the alternating schedule:
 
 ``w_mi(t)`` and ``w_adv(t)`` are 0 during their warm-up (the auxiliary network trains alone), then
 ramp linearly to their configured weights over as many steps again. Under data parallelism every
-rank builds identical auxiliary networks (seeded by ``config.seed``) and averages their gradients
-across ranks, so they stay replicas like the backbone.
+rank builds identical auxiliary networks (seeded by ``config.seed``) and averages their gradients and
+the factors' batch statistics across ranks, so they stay replicas like the backbone.
 """
 
 from __future__ import annotations

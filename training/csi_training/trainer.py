@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from csi_training.training_data import (
     load_manifest_data,
     load_online_data,
 )
+
+if TYPE_CHECKING:
+    from csi_training.discover.recipe import DiscoverRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +182,7 @@ def _train(
         model = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
-    recipe: Any = None
+    recipe: DiscoverRecipe | None = None
     if config.recipe == "discover":
         from csi_training.discover.recipe import DiscoverRecipe
 
@@ -250,6 +253,7 @@ def _train(
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"non-finite loss at epoch {epoch + 1} step {step}: triplet {trip}, ce {ce}"
+                    + (f", {config.recipe} terms {recipe_stats}" if recipe_stats else "")
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -350,7 +354,7 @@ def _restore(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     scaler: Any,
-    recipe: Any = None,
+    recipe: DiscoverRecipe | None = None,
 ) -> tuple[int, int, list[dict[str, Any]], float]:
     from csi_training.checkpoint import CheckpointError, load_backbone_weights
 

@@ -199,10 +199,18 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
 
 
 def check_resumable(header: dict[str, Any], config: TrainConfig) -> None:
-    """Refuse to resume from a checkpoint whose config differs in anything but RESUMABLE_CHANGES."""
+    """Refuse to resume from a checkpoint whose config differs in anything but RESUMABLE_CHANGES.
+
+    The checkpoint's config is read through :func:`config_from_dict` first, so a section added to
+    the config after the checkpoint was written (e.g. ``discover``) counts with its defaults.
+    """
+    try:
+        theirs = config_to_dict(config_from_dict(header["config"]))
+    except ValueError as exc:
+        raise CheckpointError(f"cannot resume: the checkpoint holds an invalid config: {exc}") from exc
     differing = [
         key
-        for key in config_diff(header["config"], config_to_dict(config))
+        for key in config_diff(theirs, config_to_dict(config))
         if not any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE_CHANGES)
     ]
     if differing:

@@ -32,6 +32,7 @@ __all__ = [
     "AugmentConfig",
     "ConfigError",
     "DataConfig",
+    "DiscoverConfig",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
@@ -180,8 +181,57 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class DiscoverConfig:
+    """DisCover (Xun et al., SIGIR 2023) disentanglement modules; used when ``recipe: discover``.
+
+    See ``csi_training.discover`` for what each module does and the choices made where the paper is
+    silent. Steps count encoder updates (training steps) from the start of this run.
+    """
+
+    # KDM: vCLUB mutual-information upper bound between embedding and prior version-variant factors
+    kdm: bool = True
+    factors: tuple[str, ...] = ("f0", "timbre")
+    mi_weight: float = 0.1  # per factor, on the (clamped) vCLUB estimate in nats
+    club_hidden: int = 256  # hidden units of the variational q(factor | embedding) MLPs
+    club_lr: float = 1e-3
+    club_steps: int = 1  # q updates per encoder update (the alternating schedule)
+    mi_warmup_steps: int = 100  # q trains alone for this many steps, then the penalty ramps in over as many
+    mi_clamp: float = 0.0  # the encoder minimises max(vCLUB, mi_clamp): a negative estimate is not a reward
+    logvar_min: float = -6.0  # q's log-variance is squashed into [logvar_min, logvar_max]
+    logvar_max: float = 4.0
+    n_timbre_coeffs: int = 12  # cepstral coefficients 1..n of the log-CQT envelope (c0, the level, dropped)
+    # GADM: gradient-identified variant elements masked; a discriminator tells entangled from disentangled
+    gadm: bool = True
+    mask_ratio: float = 0.1  # fraction of embedding elements masked per clip
+    mask: Literal["gradient", "random"] = "gradient"  # random: the ablation of the gradient criterion
+    transition: Literal["sqeuclidean", "cosine"] = "sqeuclidean"  # cost between intra-work versions
+    adv_weight: float = 0.1
+    adv_warmup_steps: int = 100  # the discriminator trains alone for this many steps, then a linear ramp
+    disc_hidden: int = 128
+    disc_lr: float = 2e-4
+    disc_steps: int = 1  # discriminator updates per encoder update
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.factors) - {"f0", "timbre"})
+        if unknown or not self.factors or len(set(self.factors)) != len(self.factors):
+            raise ConfigError(f"discover.factors must be distinct names from f0, timbre; got {self.factors}")
+        for name in ("mi_weight", "adv_weight", "mi_warmup_steps", "adv_warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"discover.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("club_hidden", "disc_hidden", "club_steps", "disc_steps", "n_timbre_coeffs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"discover.{name} must be >= 1, got {getattr(self, name)}")
+        if self.club_lr <= 0 or self.disc_lr <= 0:
+            raise ConfigError("discover.club_lr and discover.disc_lr must be > 0")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ConfigError(f"discover.mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if not self.logvar_min < self.logvar_max:
+            raise ConfigError("discover.logvar_min must be < discover.logvar_max")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    recipe: Literal["move"] = "move"
+    recipe: Literal["move", "discover"] = "move"
     seed: int = 0
     out_dir: str = "runs/move"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -196,6 +246,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(manifest="manifest.csv"))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    discover: DiscoverConfig = field(default_factory=DiscoverConfig)
 
 
 # -- dict <-> dataclass ------------------------------------------------------------------------
@@ -223,6 +274,11 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: {value!r} is not allowed")
+    if origin is tuple:  # tuple[X, ...]: a list in YAML/TOML/JSON
+        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item, _) = typing.get_args(annotation)
+        return tuple(_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a table/mapping, got {type(value).__name__}")

@@ -1,4 +1,5 @@
-"""The training loop shared by every recipe (the MOVE-style baseline today).
+"""The training loop shared by every recipe: the MOVE-style baseline (``recipe: move``) and DisCover
+(``recipe: discover``, whose training-only modules live in ``csi_training.discover``).
 
 One call, :func:`train`, runs a whole config: data (features through the cache, or versions
 synthesised on the fly), P×K clique batches, augmentation, mixed precision (bf16 on CPUs that
@@ -17,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ from csi_training.training_data import (
     load_manifest_data,
     load_online_data,
 )
+
+if TYPE_CHECKING:
+    from csi_training.discover.recipe import DiscoverRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +182,17 @@ def _train(
         model = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
+    recipe: DiscoverRecipe | None = None
+    if config.recipe == "discover":
+        from csi_training.discover.recipe import DiscoverRecipe
+
+        recipe = DiscoverRecipe(
+            config.discover,
+            frontend.config.to_dict(),
+            config.model.embedding_dim,
+            seed=config.seed,
+            world_size=proc.world,
+        ).to(device)
     optimizer = _optimizer(config, net.parameters())
     steps_per_epoch = len(batches.sampler)
     total_steps = steps_per_epoch * config.optim.epochs
@@ -191,7 +206,9 @@ def _train(
     start_epoch, step, best_map = 0, 0, -1.0
     history: list[dict[str, Any]] = []
     if resume:
-        start_epoch, step, history, best_map = _restore(last_dir, config, net, optimizer, scheduler, scaler)
+        start_epoch, step, history, best_map = _restore(
+            last_dir, config, net, optimizer, scheduler, scaler, recipe
+        )
         logger.info("resuming %s at epoch %d (step %d)", out_dir, start_epoch, step)
     else:
         if proc.main and last_dir.exists():
@@ -229,9 +246,14 @@ def _train(
                 emb, ce, ce_acc = model(x, labels)
             trip, stats = triplet(emb.float(), labels)
             loss = trip + config.loss.ce_weight * ce.float()
+            recipe_stats: dict[str, float] = {}
+            if recipe is not None:
+                extra, recipe_stats = recipe.step(emb.float(), x, labels, step)
+                loss = loss + extra
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"non-finite loss at epoch {epoch + 1} step {step}: triplet {trip}, ce {ce}"
+                    + (f", {config.recipe} terms {recipe_stats}" if recipe_stats else "")
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -251,6 +273,8 @@ def _train(
                 ("active", active),
             ):
                 sums[k] += v
+            for k, v in recipe_stats.items():
+                sums[k] = sums.get(k, 0.0) + v
             bar.update()
             bar.set_postfix(
                 loss=f"{loss.item():.4f}", active=f"{active:.2f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
@@ -265,6 +289,8 @@ def _train(
             "lr": scheduler.get_last_lr()[0],
         }
         _check_replicas(net, proc)
+        if recipe is not None:
+            _check_replicas(recipe, proc)  # the training-only networks must stay replicas too
         if proc.main:
             with autocast(device, config.amp):
                 record["val"] = _validate(net.backbone, val_set, device, eval_frames)
@@ -291,6 +317,8 @@ def _train(
                 "torch_rng": torch.get_rng_state(),
                 "best_map": max(best_map, val_map),
             }
+            if recipe is not None:
+                state["discover"] = recipe.train_state()
             metrics = {"current": record, "history": history}
             if val_map > best_map or not best_metrics:
                 best_map, best_metrics = val_map, record
@@ -326,6 +354,7 @@ def _restore(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     scaler: Any,
+    recipe: DiscoverRecipe | None = None,
 ) -> tuple[int, int, list[dict[str, Any]], float]:
     from csi_training.checkpoint import CheckpointError, load_backbone_weights
 
@@ -341,6 +370,10 @@ def _restore(
     scaler.load_state_dict(state["scaler"])
     if net.head is not None:
         net.head.load_state_dict(state["head"])
+    if recipe is not None:
+        if "discover" not in state:
+            raise CheckpointError(f"{last_dir}/train_state.pt lacks the discover modules' state")
+        recipe.load_train_state(state["discover"])
     torch.set_rng_state(state["torch_rng"])
     metrics = json.loads((last_dir / "metrics.json").read_text())
     return int(state["epoch"]), int(state["step"]), list(metrics.get("history", [])), float(state["best_map"])

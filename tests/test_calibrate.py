@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -141,3 +142,54 @@ def test_window_scores_follow_the_monitor_decision() -> None:
     hits = [[Hit("a", 0.9, {}), Hit("b", 0.8, {})], [Hit("b", 0.95, {}), Hit("a", 0.7, {})], []]
     assert window_scores(hits, "a") == [0.9, MISS_SCORE, MISS_SCORE]  # b outranks a: a miss
     assert window_scores(hits) == [0.9, 0.95, MISS_SCORE]
+
+
+def _naive_normalized(scores: list[float], cohort: int) -> list[float]:
+    """Float64 reference: each score minus the mean of the cohort best *other* scores."""
+    out = []
+    for i, s in enumerate(scores):
+        others = sorted((x for j, x in enumerate(scores) if j != i), reverse=True)[:cohort]
+        out.append(s - sum(others) / cohort)
+    return out
+
+
+@pytest.mark.parametrize("cohort", [1, 2, 4, 7])
+@pytest.mark.parametrize("n_works", [8, 9, 30])
+def test_normalize_hits_matches_a_naive_reference_and_keeps_the_ranking(
+    rng: np.random.Generator, cohort: int, n_works: int
+) -> None:
+    from csi_runtime import Hit
+    from csi_runtime.calibrate import normalize_hits
+
+    for _ in range(20):
+        raw = np.sort(rng.uniform(-1, 1, n_works))[::-1]
+        if rng.random() < 0.3:  # ties, including at the edge of the cohort
+            raw[cohort] = raw[cohort - 1]
+        hits = [Hit(f"w{i}", float(s), {"i": i}) for i, s in enumerate(raw)]
+        out = normalize_hits(hits, cohort)
+        assert [h.work_id for h in out] == [h.work_id for h in hits]
+        assert [h.metadata for h in out] == [h.metadata for h in hits]
+        np.testing.assert_allclose([h.score for h in out], _naive_normalized(list(raw), cohort), atol=1e-12)
+        scores = [h.score for h in out]
+        assert all(a >= b for a, b in itertools.pairwise(scores))  # monotone: order kept
+
+
+def test_normalize_hits_edges_and_cohort_window_scores() -> None:
+    from csi_runtime import Hit
+    from csi_runtime.calibrate import MISS_SCORE, normalize_hits, search_k, window_scores
+
+    hits = [Hit("a", 0.9, {}), Hit("b", 0.7, {}), Hit("c", 0.5, {})]
+    assert normalize_hits(hits, 0) == hits and normalize_hits([], 3) == []
+    with pytest.raises(ValueError, match="a cohort of 3 works needs 4 ranked works per window, got 3"):
+        normalize_hits(hits, 3)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="cohort must be an integer >= 0"):
+            normalize_hits(hits, bad)  # type: ignore[arg-type]
+    assert search_k(10, 4) == 10 and search_k(1, 4) == 5 and search_k(3, 0) == 3
+    # a is top-1: 0.9 - mean(0.7, 0.5); in the second window b outranks a, so a positive misses
+    windows = [hits, [Hit("b", 0.95, {}), Hit("a", 0.9, {}), Hit("c", 0.2, {})]]
+    assert window_scores(windows, "a", cohort=2) == [pytest.approx(0.3), MISS_SCORE]
+    assert window_scores(windows, cohort=2) == [pytest.approx(0.3), pytest.approx(0.95 - 0.55)]
+    # music resembling everything a little scores low even with a high raw similarity
+    flat = [Hit(w, 0.93 - 0.001 * i, {}) for i, w in enumerate("abcde")]
+    assert window_scores([flat], cohort=4)[0] < 0.01 < window_scores([windows[0]], cohort=2)[0]

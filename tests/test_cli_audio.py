@@ -153,11 +153,24 @@ def test_calibrate_picks_a_threshold(catalog: dict[str, object], tmp_path: Path)
     for i in range(6):  # 12 windows of 20 s: enough for a 10% false-alarm target
         sf.write(tmp_path / "neg" / f"other{i}.wav", tune(rng, 30.0), SR)
     out = csi("calibrate", "--index", catalog["index"], "--positives", tmp_path / "positives.csv",
-              "--negatives", tmp_path / "neg", "--far", "0.1", "-o", tmp_path / "cal.json")  # fmt: skip
+              "--negatives", tmp_path / "neg", "--far", "0.1", "--cohort", "2",
+              "-o", tmp_path / "cal.json")  # fmt: skip
     assert out.returncode == 0, out.stderr.decode()
     cal = json.loads((tmp_path / "cal.json").read_text())
     assert cal["far"] <= 0.1 and cal["n_neg"] >= 10 and 0 < cal["threshold"] <= 1.0
     assert cal["frr"] < 0.5  # exact excerpts of the references pass the threshold
+    assert cal["cohort"] == 2  # recorded with the threshold, which csi monitor then uses
+    stream = Path(catalog["root"]) / "stream.wav"  # type: ignore[arg-type]
+    run = csi("monitor", stream, "--index", catalog["index"], "--out", tmp_path / "m",
+              "--calibration", tmp_path / "cal.json", "--cohort", "0")  # fmt: skip
+    assert run.returncode != 0 and b"calibrated with a cohort of 2, not 0" in run.stderr
+    run = csi("monitor", stream, "--index", catalog["index"], "--out", tmp_path / "m", "--threshold", "0.5",
+              "--cohort", "-2")  # fmt: skip
+    assert run.returncode == 2 and b"--cohort must be an integer >= 0" in run.stderr
+    # the default cohort of 4 needs 5 works; this catalog has 3
+    run = csi("calibrate", "--index", catalog["index"], "--positives", tmp_path / "positives.csv",
+              "--negatives", tmp_path / "neg")  # fmt: skip
+    assert run.returncode != 0 and b"a cohort of 4 works needs an index of at least 5 works" in run.stderr
 
 
 def test_index_of_another_model_is_refused(catalog: dict[str, object], tmp_path: Path) -> None:

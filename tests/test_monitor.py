@@ -342,6 +342,29 @@ def test_l2_index_gives_the_same_detections(rng: np.random.Generator) -> None:
         assert a.score == pytest.approx(b.score, abs=1e-5)
 
 
+def test_cohort_normalised_scores_detect_the_plays(rng: np.random.Generator) -> None:
+
+    index, refs = catalog(rng)
+    pieces = make_plan(rng, refs, 900)
+    segments = plan_segments(pieces)
+    # a window half on a play scores ~0.71 raw; less the cohort's ~0.2 that is ~0.5
+    mon = Monitor(None, index, channel="c", threshold=0.5, k=1, cohort=4, start_utc=0)
+    detections = mon.process(segments) + mon.close()
+    check_against_plan(detections, pieces, tol=HOP + 2.0)
+    # a detection's score is the mean normalised score of its windows: here all alike, one work's
+    w = "work07"
+    same = [Segment(HOP * i, HOP * i + W, refs[w], False) for i in range(6)]
+    mon = Monitor(None, index, channel="c", threshold=0.5, k=1, cohort=4, start_utc=0)
+    (d,) = mon.process(same) + mon.close()
+    hits = index.search(refs[w], 5)[0]
+    expected = hits[0].score - np.mean([h.score for h in hits[1:5]])
+    assert d.work_id == w and d.score == pytest.approx(expected, abs=1e-5) and d.score < hits[0].score
+    with pytest.raises(ValueError, match="a cohort of 30 works needs an index of at least 31 works"):
+        Monitor(None, index, channel="c", threshold=0.3, cohort=30)
+    with pytest.raises(ValueError, match="cohort must be an integer >= 0"):
+        Monitor(None, index, channel="c", threshold=0.3, cohort=-1)
+
+
 def test_bad_segments_and_closed_monitor(rng: np.random.Generator) -> None:
     index, refs = catalog(rng)
     mon = Monitor(None, index, channel="c", threshold=THRESHOLD)

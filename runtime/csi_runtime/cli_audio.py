@@ -142,7 +142,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from csi_runtime.calibrate import calibrate_threshold, window_scores
+    from csi_runtime.calibrate import calibrate_threshold, search_k, window_scores
     from csi_runtime.catalog import read_catalog
     from csi_runtime.cli import Progress
     from csi_runtime.index import ReferenceIndex
@@ -150,6 +150,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     embedder = _embedder(args)
     index = ReferenceIndex.load(args.index, mmap=True)
     index.check_model(embedder.model_id, embedder.dim)
+    if args.cohort and index.num_works < args.cohort + 1:
+        raise SystemExit(
+            f"csi: a cohort of {args.cohort} works needs an index of at least {args.cohort + 1} works "
+            f"({args.index} has {index.num_works}); pass --cohort 0 for raw similarities"
+        )
     positives, negatives = read_catalog(args.positives), read_catalog(args.negatives)
     unknown = sorted({e.work_id for e in positives} - set(index.work_ids()))
     if unknown:
@@ -163,16 +168,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 segments = embedder.embed_segments(entry.path)
                 vectors = segments.vectors[~segments.silent]
                 if len(vectors):
-                    hits = index.search(vectors, k=args.k)
+                    hits = index.search(vectors, k=search_k(args.k, args.cohort))
                     if is_positive:
-                        pos_scores += window_scores(hits, entry.work_id)
+                        pos_scores += window_scores(hits, entry.work_id, args.cohort)
                     else:
-                        neg_scores += window_scores(hits)
+                        neg_scores += window_scores(hits, cohort=args.cohort)
                 progress.advance(1)
     finally:
         progress.close()
     calibration = calibrate_threshold(np.array(pos_scores), np.array(neg_scores), target_far=args.far)
-    report = {**calibration.to_dict(), "model_id": embedder.model_id, "index": str(args.index),
+    report = {**calibration.to_dict(), "cohort": args.cohort, "model_id": embedder.model_id,
+              "index": str(args.index),
               "windows": {"positive": len(pos_scores), "negative": len(neg_scores)}}  # fmt: skip
     text = json.dumps(report, indent=2) + "\n"
     if args.out:
@@ -183,9 +189,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _threshold(args: argparse.Namespace, model_id: str) -> float:
-    if args.threshold is not None:
-        return float(args.threshold)
+def _cohort(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--cohort must be an integer >= 0 (got {text!r})")
+    return value
+
+
+def _threshold(args: argparse.Namespace, model_id: str) -> tuple[float, int]:
+    """(threshold, cohort) from --threshold/--cohort or from a csi calibrate JSON."""
+    if args.threshold is not None:  # a raw similarity unless a cohort is given with it
+        return float(args.threshold), args.cohort or 0
     if not args.calibration:
         raise SystemExit("csi: give --threshold T or --calibration FILE (from csi calibrate)")
     data = json.loads(Path(args.calibration).read_text())
@@ -193,7 +210,13 @@ def _threshold(args: argparse.Namespace, model_id: str) -> float:
         raise SystemExit(
             f"csi: {args.calibration} was calibrated for model {data['model_id']}, not {model_id}"
         )
-    return float(data["threshold"])
+    cohort = int(data.get("cohort", 0))  # files written before cohorts existed hold raw thresholds
+    if args.cohort is not None and args.cohort != cohort:
+        raise SystemExit(
+            f"csi: {args.calibration} was calibrated with a cohort of {cohort}, not {args.cohort}; "
+            "its threshold means nothing for another cohort (recalibrate, or drop --cohort)"
+        )
+    return float(data["threshold"]), cohort
 
 
 # -- monitor -----------------------------------------------------------------------------------------
@@ -227,7 +250,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     embedder = _embedder(args)
     index = ReferenceIndex.load(args.index, mmap=True)
-    threshold = _threshold(args, embedder.model_id)
+    threshold, cohort = _threshold(args, embedder.model_id)
     metrics = None
     if args.metrics_port:
         from csi_runtime.metrics import MonitorMetrics, start_http_server
@@ -246,7 +269,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     args.start_utc = start_utc
     channel = args.channel or (Path(args.source).stem if args.source != "-" else "stdin")
     sink = DetectionSink(args.out, plots=not args.no_plots)
-    monitor = Monitor(embedder, index, channel=channel, threshold=threshold, k=args.k,
+    monitor = Monitor(embedder, index, channel=channel, threshold=threshold, k=args.k, cohort=cohort,
                       min_windows=args.min_windows, max_gap_windows=args.max_gap_windows,
                       window_s=args.window_s, hop_s=args.hop_s, start_utc=start_utc, sink=sink,
                       metrics=metrics, search_threads=1)  # fmt: skip
@@ -290,7 +313,12 @@ def register(sub: Any, index_sub: Any) -> None:
     p.add_argument("--out", required=True, help="folder for detections (JSONL, CSV, PNG timelines)")
     p.add_argument("--channel", help="channel name in the detections (default: the source's name)")
     p.add_argument("--threshold", type=float, help="decision threshold on the window score")
-    p.add_argument("--calibration", help="JSON written by csi calibrate (its threshold)")
+    p.add_argument("--calibration", help="JSON written by csi calibrate (its threshold and cohort)")
+    p.add_argument(
+        "--cohort",
+        type=_cohort,
+        help="cohort of the normalised score (default: the calibration's; with --threshold, 0: raw)",
+    )
     p.add_argument("--start-utc", help="UTC time of the source's first sample (default: now)")
     p.add_argument("--window-s", type=float, help="window length, s (default: the model's)")
     p.add_argument("--hop-s", type=float, help="hop between windows, s (default: the model's)")
@@ -316,6 +344,12 @@ def register(sub: Any, index_sub: Any) -> None:
         "--far", type=float, default=0.01, help="target false-alarm rate per window (default 0.01)"
     )
     p.add_argument("-k", type=int, default=10)
+    p.add_argument(
+        "--cohort",
+        type=_cohort,
+        default=4,
+        help="score = similarity minus the mean of the next COHORT works' (default 4; 0: raw similarity)",
+    )
     p.add_argument("-o", "--out", help="write the calibration JSON here")
     add_model_args(p)
     p.set_defaults(func=cmd_calibrate)

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from csi_runtime.calibrate import normalize_hits, search_k
 from csi_runtime.detections import CSV_FIELDS, Detection, GapRecord, StreamClock, parse_utc, utc_iso
 from csi_runtime.sink import SECONDS_PER_HOUR, DetectionSink, plot_timeline, read_jsonl
 from csi_runtime.streaming import Segment
@@ -95,6 +96,9 @@ class Monitor:
             ``1 - d / 2`` first, so thresholds are always similarities.
         k: works ranked per window. min_windows, max_gap_windows, max_rank: see
             :class:`DetectionTracker`.
+        cohort: 0 for raw similarities, or the cohort of cohort-normalised scores
+            (:func:`csi_runtime.calibrate.normalize_hits`); the threshold must have been
+            calibrated with the same cohort. The index needs at least cohort + 1 works.
         window_s, hop_s: windows of the StreamingEmbedder (None: the model's defaults).
         start_utc: UTC time of stream second 0 (aware datetime, ISO string or POSIX seconds;
             None: now). Chunks that carry ``wall_utc`` re-anchor the clock when it drifts by more
@@ -125,6 +129,7 @@ class Monitor:
         min_windows: int = 2,
         max_gap_windows: int = 1,
         max_rank: int = 1,
+        cohort: int = 0,
         window_s: float | None = None,
         hop_s: float | None = None,
         start_utc: datetime | str | float | None = None,
@@ -149,6 +154,13 @@ class Monitor:
         self._tracker = self._new_tracker()
         if k < max_rank:
             raise ValueError(f"k ({k}) must be at least max_rank ({max_rank})")
+        self._search_k = search_k(int(k), cohort)  # also validates cohort
+        self.cohort = int(cohort)
+        if self.cohort and index.num_works < self.cohort + 1:
+            raise ValueError(
+                f"a cohort of {self.cohort} works needs an index of at least {self.cohort + 1} works "
+                f"(this one has {index.num_works})"
+            )
         if not (math.isfinite(clock_tolerance_s) and clock_tolerance_s >= 0):
             raise ValueError(f"clock_tolerance_s must be finite and >= 0 (got {clock_tolerance_s})")
         if embedder is not None:
@@ -412,9 +424,9 @@ class Monitor:
         return out
 
     def _scores(self, hits: list[Any]) -> list[Any]:
-        if self.index.metric != "l2":
-            return hits
-        return [h._replace(score=1.0 - 0.5 * h.score) for h in hits]
+        if self.index.metric == "l2":
+            hits = [h._replace(score=1.0 - 0.5 * h.score) for h in hits]
+        return normalize_hits(hits, self.cohort)[: self.k]
 
     def _rank_and_track(self, segments: list[Any]) -> list[Detection]:
         if not segments:
@@ -439,7 +451,7 @@ class Monitor:
         if rows:
             ranked = self.index.search(
                 np.stack(rows).astype(np.float32, copy=False),
-                self.k,
+                self._search_k,
                 device=self._search_device,
                 threads=self._search_threads,
             )

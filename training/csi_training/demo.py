@@ -455,7 +455,13 @@ def run_demo(
     the packaged works, at most max(12, n_catalog)). progress(stage, done, total) is called as
     the demo goes. Raises FileExistsError for a non-empty out_dir unless force.
     """
-    from csi_runtime.calibrate import calibrate_threshold, min_negatives, window_scores
+    from csi_runtime.calibrate import (
+        COHORT_WORKS,
+        calibrate_threshold,
+        min_negatives,
+        search_k,
+        window_scores,
+    )
     from csi_runtime.catalog import add_recording
     from csi_runtime.embedder import Embedder
     from csi_runtime.index import ReferenceIndex
@@ -518,11 +524,11 @@ def run_demo(
         audio = degrade(audio, degradations[i % len(degradations)], cal_rng, SAMPLE_RATE, MUSIC_DBFS)
         segs = embedder.embed_segments(audio, SAMPLE_RATE, hop_s=CALIBRATION_HOP_S)
         vectors = segs.vectors[~segs.silent]
-        hits = index.search(vectors, k=1, threads=1) if len(vectors) else []
+        hits = index.search(vectors, k=search_k(1, COHORT_WORKS), threads=1) if len(vectors) else []
         if positive:
-            pos_scores += window_scores(hits, work.work_id)
+            pos_scores += window_scores(hits, work.work_id, COHORT_WORKS)
         else:
-            neg_scores += window_scores(hits)
+            neg_scores += window_scores(hits, cohort=COHORT_WORKS)
         report("calibration", i + 1, len(cal_items))
     if len(neg_scores) < min_negatives(TARGET_FAR):
         raise ValueError(
@@ -574,6 +580,7 @@ def run_demo(
         index,
         channel=CHANNEL,
         threshold=calibration.threshold,
+        cohort=COHORT_WORKS,
         min_windows=MIN_WINDOWS,
         max_gap_windows=MAX_GAP_WINDOWS,
         start_utc=START_UTC,

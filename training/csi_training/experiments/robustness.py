@@ -295,12 +295,13 @@ def _outcome(
     threshold: float,
     seconds: float,
     description: str = "",
+    cohort: int = 0,
 ) -> QueryOutcome:
     from csi_runtime.calibrate import is_match, window_scores
 
-    top = window_scores(hits)  # each window's top-1 score, whatever the work
+    top = window_scores(hits, cohort=cohort)  # each window's top-1 score, whatever the work
     alarms = [bool(is_match(s, threshold)) for s in top]
-    own = window_scores(hits, work_id)  # the monitor's score for the query's own work
+    own = window_scores(hits, work_id, cohort)  # the monitor's score for the query's own work
     correct = sum(bool(is_match(s, threshold)) for s in own) if in_catalog else 0
     rank = rank_of_work(work_scores(hits), work_id, n_works) if in_catalog else 0
     return QueryOutcome(
@@ -371,6 +372,7 @@ def run_robustness(
     threads: int = 1,
     conditions: Sequence[str] | None = None,
     target_far: float = TARGET_FAR,
+    cohort: int | None = None,
     progress: bool = True,
     on_query: Callable[[QueryOutcome], None] | None = None,
 ) -> dict[str, Any]:
@@ -379,8 +381,9 @@ def run_robustness(
     bundle: a model bundle folder, or None for the packaged default model. n_works: held-out works
     used (default all BASELINE_TEST_WORKS). conditions: names of CONDITIONS to run (default all).
     threads: onnxruntime and search threads. target_far: false-alarm target of the threshold.
+    cohort: of the monitor's normalised window score (None: ``COHORT_WORKS``, as ``csi calibrate``).
     """
-    from csi_runtime.calibrate import calibrate_threshold, min_negatives, window_scores
+    from csi_runtime.calibrate import COHORT_WORKS, calibrate_threshold, min_negatives, window_scores
     from csi_runtime.catalog import REFERENCE_HOP_FRACTION, add_recording
     from csi_runtime.embedder import Embedder
     from csi_runtime.index import ReferenceIndex
@@ -399,6 +402,7 @@ def run_robustness(
     from csi_training.render.effects import find_ffmpeg
 
     find_ffmpeg()  # the mp3 degradation (queries and calibration) is a real ffmpeg round trip
+    cohort = COHORT_WORKS if cohort is None else cohort
     works = held_out_works(notes_path, n_works)
     n_unknown = max(MIN_UNKNOWN_WORKS, round(UNKNOWN_SHARE * len(works)))
     if len(works) < 2 * n_unknown + 2:
@@ -455,9 +459,9 @@ def run_robustness(
         audio = degrade(audio, cycle[i % len(cycle)], rng, SAMPLE_RATE, MUSIC_DBFS)
         hits = search(audio, CALIBRATION_HOP_S)
         if positive:
-            pos += window_scores(hits, work.work_id)
+            pos += window_scores(hits, work.work_id, cohort)
         else:
-            neg += window_scores(hits)
+            neg += window_scores(hits, cohort=cohort)
     if len(neg) < min_negatives(target_far) or not pos:
         raise ValueError(
             f"the calibration set gave {len(neg)} negative and {len(pos)} positive windows; a {target_far} "
@@ -494,6 +498,7 @@ def run_robustness(
                 calibration.threshold,
                 len(audio) / SAMPLE_RATE,
                 description,
+                cohort,
             )
             outcomes.append(outcome)
             if on_query is not None:
@@ -529,7 +534,7 @@ def run_robustness(
             "dtype": "float16",
         },
         "max_recording_s": max_recording_s,
-        "calibration": {**calibration.to_dict(), "hop_s": CALIBRATION_HOP_S},
+        "calibration": {**calibration.to_dict(), "hop_s": CALIBRATION_HOP_S, "cohort": cohort},
         "conditions": rows,
         "queries": [dataclasses.asdict(o) for o in outcomes],
         "wall_s": round(time.monotonic() - t_start, 1),
@@ -562,7 +567,13 @@ def format_markdown(results: dict[str, Any], command: str) -> str:
         f"{w['calibration_unknown']} unknown works for calibration, {w['evaluation_unknown']} other "
         "unknown works for the false-detection rates.",
         "",
-        f"Threshold {cal['threshold']:.4f}, calibrated at a {cal['target_far']:g} false-alarm target on "
+        f"Threshold {cal['threshold']:.4f} (window score: "
+        + (
+            f"similarity minus the mean of the next {cal['cohort']} works'"
+            if cal.get("cohort")
+            else "similarity"
+        )
+        + f"), calibrated at a {cal['target_far']:g} false-alarm target on "
         f"{cal['n_neg']} unknown-music windows and {cal['n_pos']} cover windows (disjoint from the "
         f"queries): false alarms {cal['far']:.3f}, misses {cal['frr']:.3f} there.",
         "",
@@ -649,6 +660,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--target-far", type=float, default=TARGET_FAR, help=f"false-alarm target (default {TARGET_FAR})"
     )
+    parser.add_argument(
+        "--cohort",
+        type=int,
+        default=None,
+        help="cohort of the normalised window score (default: csi calibrate's, 4; 0: raw similarity)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -666,6 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             conditions=args.conditions,
             target_far=args.target_far,
+            cohort=args.cohort,
             progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError, FFmpegError) as exc:

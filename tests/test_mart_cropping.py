@@ -156,3 +156,26 @@ def test_config_refusals() -> None:
     assert HierarchyConfig.from_dict(c.to_dict()) == c
     with pytest.raises(ValueError, match="unknown"):
         HierarchyConfig.from_dict({"levelz": 3})
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_stft_logmel_equals_the_logmel_module(rng: np.random.Generator, center: bool) -> None:
+    from csi_training.frontends import MelConfig
+    from csi_training.frontends.hierarchical import stft_logmel
+
+    config = MelConfig(
+        sample_rate=16000,
+        n_fft=int(rng.choice([256, 512, 1024])),
+        hop_length=int(rng.integers(64, 400)),
+        n_mels=int(rng.integers(16, 64)),
+        center=center,
+        top_db=float(rng.choice([60.0, 80.0])),
+    )
+    wave = torch.from_numpy(rng.standard_normal((2, int(rng.integers(2000, 9000)))).astype(np.float32))
+    ours = stft_logmel(wave, config).numpy()
+    ref = LogMel(config)(wave).numpy()
+    assert ours.shape == ref.shape
+    for b in range(2):
+        assert _close_db(ours[b], ref[b]) < DB_TOL
+    with pytest.raises(ValueError, match="supports"):
+        stft_logmel(wave, MelConfig(pool=2))

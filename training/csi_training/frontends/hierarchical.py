@@ -34,7 +34,7 @@ from csi_training.frontends.base import compress
 from csi_training.frontends.config import MelConfig
 from csi_training.frontends.kernels import mel_filterbank, periodic_window
 
-__all__ = ["HierarchicalLogMel", "Hierarchy", "HierarchyConfig"]
+__all__ = ["HierarchicalLogMel", "Hierarchy", "HierarchyConfig", "stft_logmel"]
 
 
 @dataclass(frozen=True)
@@ -241,3 +241,24 @@ class HierarchicalLogMel(nn.Module):
             raise ValueError(f"levels_only must be in [1, {c.levels}], got {levels_only}")
         x = waveform.float()
         return torch.cat([self.level(x, n) for n in range(k)], dim=1)
+
+
+def stft_logmel(waveform: torch.Tensor, config: MelConfig) -> torch.Tensor:
+    """What csi_training.frontends.LogMel(config) computes, through torch.stft (FFT) instead of the
+    dense-DFT convolution: [B, n] → [B, n_mels, frames]. For feature extraction in training code,
+    where the FFT is many times cheaper at large n_fft; the exported model keeps LogMel. Supports
+    pool = 1, power 2, hann window, win_length = n_fft (refused otherwise).
+    """
+    c = config
+    if c.pool != 1 or c.power != 2.0 or c.window != "hann" or c.win_length not in (None, c.n_fft):
+        raise ValueError("stft_logmel supports pool=1, power=2, a hann window of n_fft samples only")
+    fmax = c.sample_rate / 2 if c.fmax is None else c.fmax
+    basis = mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.fmin, fmax, c.mel_scale, c.norm)
+    window = torch.tensor(periodic_window("hann", c.n_fft), dtype=torch.float32, device=waveform.device)
+    x = waveform.float()
+    if c.center:
+        x = F.pad(x.unsqueeze(1), (c.n_fft // 2, c.n_fft // 2), mode=c.pad_mode).squeeze(1)
+    spec = torch.stft(x, c.n_fft, hop_length=c.hop_length, window=window, center=False, return_complex=True)
+    power = spec.real**2 + spec.imag**2
+    mel = torch.matmul(torch.tensor(basis, dtype=torch.float32, device=waveform.device), power)
+    return compress(mel, c.log, c.log_scale, c.amin, c.top_db, power=2.0)

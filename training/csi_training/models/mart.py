@@ -28,7 +28,7 @@ from csi_training.frontends.hierarchical import HierarchicalLogMel, HierarchyCon
 from csi_training.models.fcn import FCN7
 from csi_training.models.part_whole import PartWholeTransformer
 
-__all__ = ["MartConfig", "MartPretrainModel"]
+__all__ = ["MartCQTNet", "MartConfig", "MartPretrainModel"]
 
 
 @dataclass(frozen=True)
@@ -130,3 +130,62 @@ class MartPretrainModel(nn.Module):
         """Whole clips [B, L] → unit-norm encoder vectors s~^0 [B, D_e] (what fine-tuning starts from)."""
         specs = self.spectrogram(waveform, levels_only=1)
         return F.normalize(self.encode(specs)[:, 0], dim=-1)
+
+
+class MartCQTNet(nn.Module):
+    """The CSI model of MART's fine-tuning: the (pre-trained) FCN-7 in front of the CQTNet backbone.
+
+    features: log-mel float [B, n_mels, T] at the finest level's hop (what
+    csi_training.frontends.LogMel computes for a whole track) → windows of ``window_frames`` frames
+    every ``window_hop`` frames (the finest parts of pre-training are ``window_frames`` long) →
+    FCN-7 → a sequence [B, D_e, W] of clip vectors, which CQTNet treats as its "bins" x time →
+    embeddings [B, embedding_dim]. A track shorter than one window is repeated to fill it.
+    Has CQTNet's interface (forward_unnormalized, forward → unit norm, embedding_dim), so the
+    trainer's TrainNet, losses and embed_features take it unchanged.
+    """
+
+    def __init__(
+        self,
+        encoder: FCN7,
+        window_frames: int,
+        window_hop: int,
+        embedding_dim: int = 256,
+        width: str = "small",
+        pooling: str = "gem",
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        from csi_training.models.cqtnet import CQTNet
+
+        if window_frames < 1 or window_hop < 1:
+            raise ValueError(f"window_frames and window_hop must be >= 1, got {window_frames}, {window_hop}")
+        self.encoder = encoder
+        self.window_frames, self.window_hop = window_frames, window_hop
+        self.n_bins = encoder.n_mels
+        self.cqtnet = CQTNet(
+            n_bins=encoder.output_dim,
+            embedding_dim=embedding_dim,
+            width=width,
+            pooling=pooling,
+            dropout=dropout,
+        )
+        self.embedding_dim = embedding_dim
+
+    def clip_vectors(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, n_mels, T] → [B, D_e, W], W = 1 + (max(T, window_frames) - window_frames) // window_hop."""
+        if features.dim() != 3 or features.shape[1] != self.n_bins:
+            raise ValueError(f"expected log-mel [B, {self.n_bins}, T], got {tuple(features.shape)}")
+        t = features.shape[2]
+        if t < self.window_frames:
+            reps = -(-self.window_frames // t)
+            features = features.repeat(1, 1, reps)[:, :, : self.window_frames]
+        windows = features.unfold(2, self.window_frames, self.window_hop)  # [B, F, W, frames]
+        b, f, w, frames = windows.shape
+        flat = windows.permute(0, 2, 1, 3).reshape(b * w, f, frames)
+        return self.encoder(flat).reshape(b, w, -1).transpose(1, 2)
+
+    def forward_unnormalized(self, features: torch.Tensor) -> torch.Tensor:
+        return self.cqtnet.forward_unnormalized(self.clip_vectors(features))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.forward_unnormalized(features), dim=-1)

@@ -92,6 +92,7 @@ SCALES: dict[str, dict[str, Any]] = {
     # minutes on one CPU thread; numbers from it say that the pipeline runs, not how well MART works
     "smoke": {
         "pretrain": {
+            "threads": 1,
             "model": {
                 "width": "tiny",
                 "attn_dim": 48,
@@ -100,14 +101,14 @@ SCALES: dict[str, dict[str, Any]] = {
                 "projection_dim": 64,
             },
             "data": {"max_files": 160, "max_s": 30.0, "val_files": 32},
-            "optim": {"batch_size": 16, "steps": 30, "eval_every": 30},
+            "optim": {"batch_size": 16, "steps": 25, "eval_every": 25},
         },
         "finetune": {
-            "train_works": 100,
+            "train_works": 80,
             "clip_s": 12.0,
             "eval_max_s": 30.0,
             "works_per_batch": 8,
-            "steps": 40,
+            "steps": 30,
             "embedding_dim": 128,
         },
         "test_works": 100,

@@ -32,7 +32,7 @@ def _random_config(rng: np.random.Generator) -> HierarchyConfig:
     splits = int(rng.integers(2, 4))
     finest_hop = 2 * int(rng.integers(8, 33))
     coarsest = finest_hop * splits ** (levels - 1)
-    n_fft = int(2 ** np.ceil(np.log2(max(coarsest, 64))))
+    n_fft = int(2 ** (np.floor(np.log2(max(coarsest, 32))) + 1))  # > coarsest: every sample weighted
     return HierarchyConfig(
         sample_rate=8000,
         levels=levels,
@@ -40,7 +40,7 @@ def _random_config(rng: np.random.Generator) -> HierarchyConfig:
         frames=int(rng.integers(3, 12)),
         finest_hop=finest_hop,
         n_fft=n_fft,
-        n_mels=int(rng.integers(8, 40)),
+        n_mels=int(rng.integers(8, max(9, min(40, n_fft // 4)))),
     )
 
 
@@ -83,7 +83,7 @@ def test_every_part_matches_a_separate_logmel(rng: np.random.Generator, trial: i
 
 def test_one_part_matches_librosa(rng: np.random.Generator) -> None:
     librosa = pytest.importorskip("librosa")
-    config = HierarchyConfig(sample_rate=16000, levels=3, splits=2, frames=16, finest_hop=128, n_fft=512)
+    config = HierarchyConfig(sample_rate=16000, levels=3, splits=2, frames=16, finest_hop=128, n_fft=1024)
     wave = rng.standard_normal((1, config.whole_samples))
     out = HierarchicalLogMel(config)(torch.from_numpy(wave.astype(np.float32)))[0].numpy()
     h = config.hierarchy
@@ -108,14 +108,19 @@ def test_one_part_matches_librosa(rng: np.random.Generator) -> None:
 
 def test_part_depends_exactly_on_its_own_samples(rng: np.random.Generator) -> None:
     config = HierarchyConfig(
-        sample_rate=8000, levels=3, splits=2, frames=6, finest_hop=32, n_fft=128, n_mels=16
+        sample_rate=8000, levels=3, splits=2, frames=6, finest_hop=32, n_fft=256, n_mels=16
     )
     module = HierarchicalLogMel(config)
     h = config.hierarchy
     wave = torch.from_numpy(rng.standard_normal((1, config.whole_samples)).astype(np.float32))
     base = module(wave)
-    for _ in range(6):
-        i = int(rng.integers(0, config.whole_samples))
+    # random samples, and frame boundaries of the whole-clip level (where a periodic Hann window of
+    # n_fft = hop would give weight 0: the config refuses that)
+    boundaries = [k * config.coarsest_hop for k in range(1, config.frames)]
+    picks = [int(i) for i in rng.integers(0, config.whole_samples, size=6)] + [
+        int(i) for i in rng.choice(boundaries, size=3, replace=False)
+    ]
+    for i in picks:
         changed = wave.clone()
         changed[0, i] += 3.0
         out = module(changed)
@@ -128,7 +133,7 @@ def test_part_depends_exactly_on_its_own_samples(rng: np.random.Generator) -> No
 
 def test_levels_only_and_input_checks(rng: np.random.Generator) -> None:
     config = HierarchyConfig(
-        sample_rate=8000, levels=3, splits=2, frames=5, finest_hop=16, n_fft=64, n_mels=8
+        sample_rate=8000, levels=3, splits=2, frames=5, finest_hop=16, n_fft=128, n_mels=8
     )
     module = HierarchicalLogMel(config)
     wave = torch.from_numpy(rng.standard_normal((2, config.whole_samples)).astype(np.float32))
@@ -142,8 +147,8 @@ def test_levels_only_and_input_checks(rng: np.random.Generator) -> None:
 
 
 def test_config_refusals() -> None:
-    with pytest.raises(ValueError, match="exceeds n_fft"):
-        HierarchyConfig(levels=4, splits=2, finest_hop=256, n_fft=1024)
+    with pytest.raises(ValueError, match="must be below n_fft"):
+        HierarchyConfig(levels=4, splits=2, finest_hop=256, n_fft=2048)  # hop = n_fft: boundary samples lost
     with pytest.raises(ValueError, match="even"):
         HierarchyConfig(finest_hop=255)
     with pytest.raises(ValueError, match="splits"):
@@ -151,8 +156,8 @@ def test_config_refusals() -> None:
     with pytest.raises(ValueError, match="levels"):
         HierarchyConfig(levels=0)
     c = HierarchyConfig()
-    assert c.whole_samples == 64 * 256 * 8
-    assert [c.hop(n) for n in range(4)] == [2048, 1024, 512, 256]
+    assert c.whole_samples == 128 * 128 * 8
+    assert [c.hop(n) for n in range(4)] == [1024, 512, 256, 128]
     assert HierarchyConfig.from_dict(c.to_dict()) == c
     with pytest.raises(ValueError, match="unknown"):
         HierarchyConfig.from_dict({"levelz": 3})

@@ -23,7 +23,7 @@ from csi_training.models.mart import MartConfig, MartPretrainModel
 from csi_training.models.part_whole import InteractionUnit, PartWholeTransformer, TransformerBlock
 
 TINY_HIERARCHY = HierarchyConfig(
-    sample_rate=8000, levels=3, splits=2, frames=8, finest_hop=16, n_fft=64, n_mels=12
+    sample_rate=8000, levels=3, splits=2, frames=8, finest_hop=16, n_fft=128, n_mels=12
 )
 
 

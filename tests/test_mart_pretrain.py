@@ -37,7 +37,7 @@ TINY = {
     "splits": 2,
     "frames": 8,
     "finest_hop": 32,
-    "n_fft": 128,
+    "n_fft": 256,
     "n_mels": 16,
 }
 
@@ -181,3 +181,24 @@ def test_doc_table_is_replaced_between_markers(tmp_path: Path) -> None:
     assert "old table" not in text and text.count(DOC_BEGIN) == 1
     assert text.startswith("# MART\n\nbefore") and text.rstrip().endswith("after")
     assert "smoke run" in text and "| MART | 0.500 | 0.100 | 3.0 | 0.250 |" in text
+
+
+def test_cli_refuses_unknown_finetune_settings(tmp_path: Path) -> None:
+    from csi_training.experiments.mart import main
+
+    with pytest.raises(SystemExit, match="unknown fine-tuning setting"):
+        main(
+            [
+                "finetune",
+                "--init",
+                "none",
+                "--train-manifest",
+                "a.csv",
+                "--test-manifest",
+                "b.csv",
+                "--out",
+                str(tmp_path),
+                "--set",
+                "stepz=3",
+            ]
+        )

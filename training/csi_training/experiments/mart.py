@@ -42,6 +42,7 @@ from torch import nn
 
 from csi_runtime.atomic import atomic_write_text
 from csi_training.experiments.mart_pretrain import (
+    INT16_SCALE,
     AudioClips,
     PretrainConfig,
     load_pretrain_checkpoint,
@@ -197,7 +198,7 @@ def probe(model: MartPretrainModel, clips: AudioClips, work_ids: Sequence[str]) 
     for track in clips.tracks:
         n = max(1, len(track) // length)
         x = np.zeros(n * length, dtype=np.float32)
-        x[: min(len(track), n * length)] = track[: n * length] / 32767.0
+        x[: min(len(track), n * length)] = track[: n * length] / INT16_SCALE
         v = model.embed_whole(torch.from_numpy(x.reshape(n, length))).mean(0)
         vectors.append(torch.nn.functional.normalize(v, dim=0).numpy())
     return _metrics(np.stack(vectors), work_ids)
@@ -456,7 +457,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result["history"][-1] if result["history"] else {}, indent=2))
         return 0
     if args.command == "finetune":
-        settings = FinetuneSettings(**_parse_set(args.set))
+        overrides = _parse_set(args.set)
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(FinetuneSettings)})
+        if unknown:
+            raise SystemExit(
+                f"unknown fine-tuning setting(s) {', '.join(unknown)}; allowed: "
+                + ", ".join(f.name for f in dataclasses.fields(FinetuneSettings))
+            )
+        settings = FinetuneSettings(**overrides)
         if args.init == "none":
             base: PretrainConfig = pretrain_config_from_dict(_load_yaml(args.config))
             encoder = FCN7(base.model.hierarchy.n_mels, base.model.width)

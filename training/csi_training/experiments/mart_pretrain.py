@@ -42,6 +42,7 @@ from csi_training.models.mart import MartConfig, MartPretrainModel
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "INT16_SCALE",
     "PRETRAIN_FORMAT",
     "AudioClips",
     "PretrainConfig",

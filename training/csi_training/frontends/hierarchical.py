@@ -11,8 +11,9 @@ Framing (chosen so that a part's spectrogram depends on its own samples only and
 them): frame t of a part of length L = frames * hop is centred at (t + 1/2) * hop; the part is
 zero-padded by (n_fft - hop) / 2 on each side (never with its neighbours' samples) and framed
 without centring. Frames then span [hop/2 - n_fft/2, L - hop/2 + n_fft/2), which contains the whole
-part iff hop <= n_fft; the config refuses a coarsest hop above n_fft (samples would fall between
-windows).
+part when hop <= n_fft; but the periodic Hann window is 0 on its first sample, so with hop = n_fft
+the sample at every frame boundary would have weight 0 in every frame. The config therefore
+requires hop < n_fft at every level: then each sample lies strictly inside some window.
 
 Parts are ordered level by level, left to right: index 0 is the whole clip, 1..M are level 1, and
 so on (``Hierarchy`` holds the tables). Training-side only (torch.stft, not exported): at inference
@@ -101,15 +102,15 @@ class HierarchyConfig:
     level N-1, the hop of level n being finest_hop * M^(N-1-n); n_fft (samples, same window at every
     level, >= the coarsest hop); n_mels mel bands (slaney scale and norm) between fmin and fmax (Hz,
     None: Nyquist); log compression "db" (10 log10 of power, floor amin) or "log1p".
-    With the defaults a whole clip is 64 * 256 * 8 = 131072 samples (8.19 s at 16 kHz), the finest
-    parts 1.02 s, and every spectrogram [96, 64].
+    With the defaults a whole clip is 128 * 128 * 8 = 131072 samples (8.19 s at 16 kHz), the finest
+    parts 1.02 s (hop 8 ms), the whole-clip hop 1024 (64 ms), and every spectrogram [96, 128].
     """
 
     sample_rate: int = 16000
     levels: int = 4
     splits: int = 2
-    frames: int = 64
-    finest_hop: int = 256
+    frames: int = 128
+    finest_hop: int = 128
     n_fft: int = 2048
     n_mels: int = 96
     fmin: float = 0.0
@@ -129,11 +130,11 @@ class HierarchyConfig:
             )
         if self.n_fft % 2:
             raise ValueError(f"n_fft must be even, got {self.n_fft}")
-        if self.coarsest_hop > self.n_fft:
+        if self.coarsest_hop >= self.n_fft:
             raise ValueError(
                 f"the whole-clip hop {self.coarsest_hop} (finest_hop {self.finest_hop} x {self.splits}^"
-                f"{self.levels - 1}) exceeds n_fft={self.n_fft}: samples would fall between analysis "
-                "windows; raise n_fft or lower finest_hop / levels"
+                f"{self.levels - 1}) must be below n_fft={self.n_fft}, or some samples get no weight in "
+                "any analysis window; raise n_fft or lower finest_hop / levels"
             )
         if self.log not in ("db", "log1p"):
             raise ValueError(f"log must be 'db' or 'log1p', got {self.log!r}")

@@ -1,7 +1,7 @@
 """MART's hierarchical contrastive loss (csi_training.losses.hierarchical) against a naive float64
 loop that follows eqs. 3-6 of the paper term by term, on fresh random embeddings of several sizes,
 temperatures and hierarchies; plus its gradients, extreme temperatures and refusals.
-Tolerance: 1e-5 relative (the loss runs in float32; measured ~1e-7).
+Tolerance: 1e-5 relative (the loss runs in float32; measured <= 1.1e-6 over 40 draws).
 """
 
 from __future__ import annotations

@@ -199,14 +199,22 @@ def _entropy(codes: np.ndarray) -> float:
 
 
 def run(
-    seeds: list[int], steps: int, batch: int, lr: float, variants: tuple[tuple[str, float, float, float], ...]
+    seeds: list[int],
+    steps: int,
+    batch: int,
+    lr: float,
+    variants: tuple[tuple[str, float, float, float], ...],
+    train_per_waveform: int = 2000,
+    eval_per_waveform: int = 1000,
+    n_eval_pairs: int = 3000,
 ) -> dict[str, Any]:
+    """Train and evaluate every variant with every seed; the report as a JSON-ready dict."""
     config = ToneConfig()
     t0 = time.monotonic()
     data_rng = np.random.default_rng(12345)
-    train_pool = TonePool.render(data_rng, 2000, config)
-    eval_pool = TonePool.render(data_rng, 1000, config)
-    eval_pairs = eval_pool.pairs(data_rng, 3000)
+    train_pool = TonePool.render(data_rng, train_per_waveform, config)
+    eval_pool = TonePool.render(data_rng, eval_per_waveform, config)
+    eval_pairs = eval_pool.pairs(data_rng, n_eval_pairs)
     logger.info(
         "rendered %d + %d tones in %.1f s",
         len(train_pool.factors),
@@ -472,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training run per seed")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--train-tones", type=int, default=2000, help="training tones per waveform type")
+    parser.add_argument("--eval-tones", type=int, default=1000, help="held-out tones per waveform type")
+    parser.add_argument("--eval-pairs", type=int, default=3000, help="held-out pairs evaluated")
     parser.add_argument(
         "--variants", nargs="+", default=None, help=f"subset of: {', '.join(repr(v[0]) for v in VARIANTS)}"
     )
@@ -487,7 +498,18 @@ def main(argv: list[str] | None = None) -> int:
         variants = tuple(known[v] for v in args.variants)
     if args.steps < 1 or args.batch < 2:
         parser.error("--steps must be >= 1 and --batch >= 2")
-    report = run(args.seeds, args.steps, args.batch, args.lr, variants)
+    if min(args.train_tones, args.eval_tones) < 2 or args.eval_pairs < 10:
+        parser.error("--train-tones and --eval-tones must be >= 2, --eval-pairs >= 10")
+    report = run(
+        args.seeds,
+        args.steps,
+        args.batch,
+        args.lr,
+        variants,
+        args.train_tones,
+        args.eval_tones,
+        args.eval_pairs,
+    )
     json_path = args.json or args.out.with_suffix(".json")
     report["json"] = str(json_path)
     shown = argv if argv is not None else sys.argv[1:]

@@ -125,6 +125,26 @@ def test_terms_add_up_to_the_kl(rng: np.random.Generator, dataset_size: int | No
     assert abs(total - analytic.mean()) < 5.0 * log_ratio.std() / np.sqrt(n)
 
 
+@pytest.mark.parametrize(("m", "n"), [(2, 3), (64, 10_000)])
+def test_chen_estimator_matches_its_formula(rng: np.random.Generator, m: int, n: int) -> None:
+    """estimator="chen": log q(z_i) = logsumexp_j log q(z_i|x_j) - log(N M), own sample included;
+    its terms still add up to the Monte-Carlo KL."""
+    d = 4
+    mu, logvar = _random_posteriors(rng, m, d)
+    z = mu + np.exp(0.5 * logvar) * rng.normal(size=(m, d))
+    pairwise = _log_normal(z[:, None, :], mu[None], logvar[None])
+    log_qz, log_marg = log_aggregate_posterior(_t(z), _t(mu), _t(logvar), n, estimator="chen")
+    np.testing.assert_allclose(log_qz.numpy(), _logsumexp(pairwise.sum(2), 1) - np.log(n * m), atol=1e-10)
+    np.testing.assert_allclose(log_marg.numpy(), _logsumexp(pairwise, 1) - np.log(n * m), atol=1e-10)
+    chen = tc_decomposition(_t(z), _t(mu), _t(logvar), n, estimator="chen")
+    ours = tc_decomposition(_t(z), _t(mu), _t(logvar), n)
+    assert chen.weighted(1, 1, 1).item() == pytest.approx(ours.weighted(1, 1, 1).item(), abs=1e-9)
+    with pytest.raises(ValueError, match="needs a dataset_size"):
+        tc_decomposition(_t(z), _t(mu), _t(logvar), None, estimator="chen")
+    with pytest.raises(ValueError, match="estimator"):
+        tc_decomposition(_t(z), _t(mu), _t(logvar), n, estimator="mss")  # type: ignore[arg-type]
+
+
 def test_one_dimension_has_no_total_correlation(rng: np.random.Generator) -> None:
     mu, logvar = _random_posteriors(rng, 50, 1)
     z = mu + np.exp(0.5 * logvar) * rng.normal(size=mu.shape)

@@ -50,6 +50,7 @@ from csi_runtime.atomic import atomic_write_text
 from csi_training.disentanglement import kmeans_codes, mutual_information, probe_accuracy, quantile_bins
 from csi_training.frontends.config import MelConfig
 from csi_training.frontends.mel import LogMel
+from csi_training.losses.tcvae import Estimator
 from csi_training.models.marl import MARLWeights, MultiViewVAE, marl_loss
 from csi_training.render.tones import WAVEFORMS, ToneConfig, ToneFactors, render_tones, sample_tone_factors
 
@@ -129,7 +130,13 @@ def pitch_class(frequency_hz: np.ndarray, config: ToneConfig) -> np.ndarray:
 
 
 def train_variant(
-    pool: TonePool, weights: MARLWeights, seed: int, steps: int, batch: int, lr: float
+    pool: TonePool,
+    weights: MARLWeights,
+    seed: int,
+    steps: int,
+    batch: int,
+    lr: float,
+    estimator: Estimator = "weighted",
 ) -> tuple[MultiViewVAE, dict[str, float]]:
     """Train one MultiViewVAE on pairs of the pool; returns it and the mean statistics of the last
     10 % of the steps."""
@@ -141,7 +148,7 @@ def train_variant(
     tail: list[dict[str, float]] = []
     for step in range(steps):
         views = features[torch.from_numpy(pool.pairs(rng, batch))]
-        loss, stats = marl_loss(model(views), views, weights, pool.n_views, pool.n_pairs)
+        loss, stats = marl_loss(model(views), views, weights, pool.n_views, pool.n_pairs, estimator)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at step {step}: {stats}")
         optimizer.zero_grad(set_to_none=True)
@@ -207,6 +214,7 @@ def run(
     train_per_waveform: int = 2000,
     eval_per_waveform: int = 1000,
     n_eval_pairs: int = 3000,
+    estimator: Estimator = "weighted",
 ) -> dict[str, Any]:
     """Train and evaluate every variant with every seed; the report as a JSON-ready dict."""
     config = ToneConfig()
@@ -226,7 +234,7 @@ def run(
         for seed in seeds:
             t1 = time.monotonic()
             weights = MARLWeights(alpha, beta, gamma)
-            model, train_stats = train_variant(train_pool, weights, seed, steps, batch, lr)
+            model, train_stats = train_variant(train_pool, weights, seed, steps, batch, lr, estimator)
             metrics = evaluate_variant(model, eval_pool, eval_pairs, config, seed)
             cpu_s = time.monotonic() - t1
             logger.info(
@@ -264,6 +272,7 @@ def run(
             "shared_dim": 8,
             "private_dim": 8,
             "combine": "poe",
+            "estimator": estimator,
         },
         "runs": results,
         "findings": findings(results),
@@ -394,6 +403,7 @@ def markdown_report(report: dict[str, Any], command: str) -> str:
         f"Setup: {setup['train_tones']} training tones and {setup['eval_pairs']} held-out pairs of "
         f"{setup['eval_tones']} other tones; {setup['steps']} steps of {setup['batch_pairs']} pairs, "
         f"Adam {setup['lr']:g}; 8-d shared latent (product of experts), 8-d private latent per view; "
+        f"log q(z) estimator: {setup.get('estimator', 'weighted')}; "
         f"{n_seeds} seed(s) per variant" + (" (mean ± std over seeds)." if n_seeds > 1 else "."),
         "",
         "## Ablation: probes and separation",
@@ -484,6 +494,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-tones", type=int, default=1000, help="held-out tones per waveform type")
     parser.add_argument("--eval-pairs", type=int, default=3000, help="held-out pairs evaluated")
     parser.add_argument(
+        "--estimator",
+        choices=["weighted", "chen"],
+        default="weighted",
+        help="minibatch estimate of log q(z) (csi_training.losses.tcvae)",
+    )
+    parser.add_argument(
         "--variants", nargs="+", default=None, help=f"subset of: {', '.join(repr(v[0]) for v in VARIANTS)}"
     )
     args = parser.parse_args(argv)
@@ -509,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         args.train_tones,
         args.eval_tones,
         args.eval_pairs,
+        args.estimator,
     )
     json_path = args.json or args.out.with_suffix(".json")
     report["json"] = str(json_path)

@@ -29,17 +29,21 @@ log q(z) and each log q(z_d) to first order. Chen et al.'s reference code divide
 over all j by N * M instead; against ours that adds about log N to the mutual information and
 (D - 1) log N to the total correlation and takes D log N from the dimension-wise KL (constants: the
 gradients agree in the large-N limit), so its term values are not comparable across data sets.
-Ours estimate the terms themselves.
+Ours estimate the terms themselves. ``estimator="chen"`` gives that estimate (every j weighted
+1 / (N M), the own sample included) for comparison with work built on their code.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 LOG_2PI = math.log(2.0 * math.pi)
+
+Estimator = Literal["weighted", "chen"]
 
 __all__ = ["TCDecomposition", "gaussian_log_density", "log_aggregate_posterior", "tc_decomposition"]
 
@@ -65,8 +69,18 @@ class TCDecomposition:
         return alpha * self.mutual_information + beta * self.total_correlation + gamma * self.dimension_kl
 
 
-def _log_weights(batch: int, dataset_size: int | None, like: torch.Tensor) -> torch.Tensor:
+def _log_weights(
+    batch: int, dataset_size: int | None, like: torch.Tensor, estimator: Estimator = "weighted"
+) -> torch.Tensor:
     """log w [M, M]: row i weights q(z_i | x_j) in the estimate of q(z_i)."""
+    if estimator == "chen":
+        if dataset_size is None:
+            raise ValueError("estimator='chen' needs a dataset_size (it divides by N * M)")
+        return torch.full(
+            (batch, batch), -math.log(float(dataset_size) * batch), dtype=like.dtype, device=like.device
+        )
+    if estimator != "weighted":
+        raise ValueError(f"estimator must be 'weighted' or 'chen', got {estimator!r}")
     if dataset_size is None:
         own, other = -math.inf, -math.log(batch - 1)
     else:
@@ -91,7 +105,11 @@ def _check(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, dataset_size
 
 
 def log_aggregate_posterior(
-    z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, dataset_size: int | None
+    z: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    dataset_size: int | None,
+    estimator: Estimator = "weighted",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Minibatch-weighted estimates of log q(z_i) [M] and of the marginals log q(z_id) [M, D].
 
@@ -100,21 +118,25 @@ def log_aggregate_posterior(
     _check(z, mu, logvar, dataset_size)
     batch = z.shape[0]
     pairwise = gaussian_log_density(z[:, None, :], mu[None, :, :], logvar[None, :, :])  # [i, j, d]
-    log_w = _log_weights(batch, dataset_size, z)
+    log_w = _log_weights(batch, dataset_size, z, estimator)
     log_qz = torch.logsumexp(pairwise.sum(dim=2) + log_w, dim=1)
     log_qz_marginals = torch.logsumexp(pairwise + log_w[:, :, None], dim=1)
     return log_qz, log_qz_marginals
 
 
 def tc_decomposition(
-    z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, dataset_size: int | None = None
+    z: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    dataset_size: int | None = None,
+    estimator: Estimator = "weighted",
 ) -> TCDecomposition:
     """The three KL terms of one latent (sub)space, estimated on a minibatch (see the module doc).
 
     z, mu, logvar: [M, D] (M >= 2); ``dataset_size``: N distinct training items, or None for data
-    drawn i.i.d. from a distribution.
+    drawn i.i.d. from a distribution; ``estimator``: "weighted" (ours) or "chen" (see the module doc).
     """
-    log_qz, log_qz_marginals = log_aggregate_posterior(z, mu, logvar, dataset_size)
+    log_qz, log_qz_marginals = log_aggregate_posterior(z, mu, logvar, dataset_size, estimator)
     log_qz_given_x = gaussian_log_density(z, mu, logvar).sum(dim=1)
     log_pz = gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z)).sum(dim=1)
     log_prod_marginals = log_qz_marginals.sum(dim=1)

@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from csi_training.losses.tcvae import TCDecomposition, tc_decomposition
+from csi_training.losses.tcvae import Estimator, TCDecomposition, tc_decomposition
 
 __all__ = [
     "MARLOutput",
@@ -194,6 +194,7 @@ def marl_loss(
     weights: MARLWeights,
     private_items: int | None = None,
     shared_items: int | None = None,
+    estimator: Estimator = "weighted",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The MARL objective (to minimise), mean over the B items: reconstruction (BCE summed over
     each view's patch, summed over views) + sum over the subspaces (shared, private of view 1..V)
@@ -204,15 +205,21 @@ def marl_loss(
     drawn i.i.d. from a distribution. With a finite N the estimate of log q(z) stays above
     log q(z|x) - log N; with None it has no floor, and a loss that weights the terms unequally (e.g.
     gamma alone) can drive it down by shrinking the posteriors instead of shaping q(z): pass the real
-    data-set sizes when training on a finite set."""
+    data-set sizes when training on a finite set. ``estimator``: see csi_training.losses.tcvae."""
     recon = nn.functional.binary_cross_entropy_with_logits(output.logits, views, reduction="none")
     recon = recon.sum(dim=(1, 2, 3)).mean()
     terms: dict[str, TCDecomposition] = {
-        "shared": tc_decomposition(output.z_shared, output.shared_mu, output.shared_logvar, shared_items)
+        "shared": tc_decomposition(
+            output.z_shared, output.shared_mu, output.shared_logvar, shared_items, estimator
+        )
     }
     for v in range(output.z_private.shape[1]):
         terms[f"private{v + 1}"] = tc_decomposition(
-            output.z_private[:, v], output.private_mu[:, v], output.private_logvar[:, v], private_items
+            output.z_private[:, v],
+            output.private_mu[:, v],
+            output.private_logvar[:, v],
+            private_items,
+            estimator,
         )
     penalty = sum((t.weighted(weights.alpha, weights.beta, weights.gamma) for t in terms.values()), recon * 0)
     loss = recon + penalty

@@ -105,10 +105,10 @@ def kmeans_codes(points: np.ndarray, n_clusters: int = 32, seed: int = 0, iterat
         centroids[c] = x[rng.choice(len(x), p=nearest / nearest.sum())]
         nearest = np.minimum(nearest, ((x - centroids[c]) ** 2).sum(axis=1))
     labels = np.zeros(len(x), dtype=np.int64)
-    for _ in range(iterations):
+    for iteration in range(iterations):
         d2 = (x**2).sum(1)[:, None] - 2.0 * x @ centroids.T + (centroids**2).sum(1)[None, :]
         new = d2.argmin(axis=1)
-        if _ > 0 and np.array_equal(new, labels):
+        if iteration > 0 and np.array_equal(new, labels):
             break
         labels = new
         for c in range(k):

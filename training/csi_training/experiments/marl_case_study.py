@@ -47,7 +47,13 @@ import numpy as np
 import torch
 
 from csi_runtime.atomic import atomic_write_text
-from csi_training.disentanglement import kmeans_codes, mutual_information, probe_accuracy, quantile_bins
+from csi_training.disentanglement import (
+    entropy,
+    kmeans_codes,
+    mutual_information,
+    probe_accuracy,
+    quantile_bins,
+)
 from csi_training.frontends.config import MelConfig
 from csi_training.frontends.mel import LogMel
 from csi_training.losses.tcvae import Estimator
@@ -175,7 +181,7 @@ def evaluate_variant(
     timbre = pool.factors.waveform[first]
     frequency = pool.factors.frequency_hz[first]
     factors = {"timbre": timbre, "frequency": quantile_bins(np.log(frequency), MI_BINS)}
-    entropies = {name: _entropy(codes) for name, codes in factors.items()}
+    entropies = {name: entropy(codes) for name, codes in factors.items()}
     subspace: dict[str, dict[str, float]] = {}
     per_dim: dict[str, dict[str, list[float]]] = {}
     for factor, codes in factors.items():
@@ -197,12 +203,6 @@ def evaluate_variant(
         probes["pitch"]["private"] - probes["pitch"]["shared"]
     )
     return {"nmi_subspace": subspace, "nmi_per_dim": per_dim, "probe": probes, "separation": separation}
-
-
-def _entropy(codes: np.ndarray) -> float:
-    from csi_training.disentanglement import entropy
-
-    return entropy(codes)
 
 
 def run(

@@ -100,6 +100,25 @@ def test_render_corpus_resumes(tmp_path, works) -> None:
         _render(out, works, seed=4)
 
 
+def test_render_corpus_grows_with_more_versions(tmp_path, works) -> None:
+    out = tmp_path / "corpus"
+    _render(out, works, seed=3)
+    first = {f: f.read_bytes() for f in sorted((out / "audio").rglob("*.flac"))}
+    kw = {"max_duration_s": 6.0, "version_config": versions.VersionConfig(min_duration_s=8.0), "seed": 3}
+    corpus.render_corpus(out, works, 3, **kw)  # one more version per work: only those are rendered
+    rows = corpus.read_manifest(out / "manifest.csv")
+    assert len(rows) == 9 and sorted({r[2] for r in rows}) == ["v00", "v01", "v02"]
+    for f, data in first.items():
+        assert f.read_bytes() == data  # the versions already there are kept
+    # the grown corpus equals one rendered with 3 versions from the start
+    fresh = tmp_path / "fresh"
+    corpus.render_corpus(fresh, works, 3, **kw)
+    for f in sorted((out / "audio").rglob("v02.flac")):
+        assert f.read_bytes() == (fresh / f.relative_to(out)).read_bytes()
+    with pytest.raises(ValueError, match="other settings"):
+        corpus.render_corpus(out, works, 2, **kw)  # fewer versions is not a resume
+
+
 def test_render_corpus_skips_and_reports_failures(tmp_path, works, monkeypatch: pytest.MonkeyPatch) -> None:
     real = corpus.render_version
 

@@ -200,7 +200,8 @@ def render_corpus(
     works: e.g. `load_note_corpus(...)`; work_ids / sources / limit select among them (see
     `select_works`); progress(n_done, n_total) counts versions (skipped ones included);
     max_duration_s: cut each version to this length; workers: rendering processes.
-    Re-running with the same arguments resumes; different settings in an existing out_dir are an error.
+    Re-running with the same arguments resumes, and with more versions per work extends the corpus
+    (the versions already there are kept); other different settings in an existing out_dir are an error.
     """
     if renderer not in RENDERERS:
         raise ValueError(f"renderer must be one of {RENDERERS}, got {renderer!r}")
@@ -229,10 +230,19 @@ def render_corpus(
     meta_path = out / "versions.json"
     if meta_path.is_file():
         previous = json.loads(meta_path.read_text())
-        if previous.get("settings") != dataclasses.asdict(settings):
+        ours = dataclasses.asdict(settings)
+        before = previous.get("settings")
+        # more versions per work extend a corpus: version k depends only on (seed, work, k)
+        grows = (
+            isinstance(before, dict)
+            and {**before, "versions_per_work": versions_per_work} == ours
+            and isinstance(before.get("versions_per_work"), int)
+            and before["versions_per_work"] <= versions_per_work
+        )
+        if before != ours and not grows:
             raise ValueError(
-                f"{out} holds a corpus rendered with other settings ({previous.get('settings')}); "
-                "use another out_dir or the same settings to resume"
+                f"{out} holds a corpus rendered with other settings ({before}); "
+                "use another out_dir, the same settings to resume, or more versions per work to extend it"
             )
 
     jobs, entries, all_params = [], [], []

@@ -1,5 +1,6 @@
 """``recipe: marl``: the config section and its checks, the convolutional multi-view VAE around the
-CQTNet trunk, and a tiny end-to-end ``csi train`` run (checkpoints, exact resume, reload, export)."""
+CQTNet trunk, and a tiny end-to-end ``csi train`` run (checkpoints, exact resume, reload); the export
+of such a checkpoint is in test_marl_export.py."""
 
 from __future__ import annotations
 
@@ -190,19 +191,3 @@ def test_checkpoint_embeds_with_the_shared_expert_mean(trained: Path, rng: np.ra
     torch.testing.assert_close(embedding, torch.nn.functional.normalize(expert_mu, dim=-1))
     torch.testing.assert_close(embedding.norm(dim=-1), torch.ones(2))
     assert torch.equal(peak_normalise(features).amax(dim=(1, 2)) > 0, torch.ones(2, dtype=torch.bool))
-
-
-def test_checkpoint_exports_with_parity(trained: Path, tmp_path: Path) -> None:
-    pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript")
-    pytest.importorskip("onnxruntime")
-    onnx = pytest.importorskip("onnx")
-    from csi_export.build import export_bundle
-    from csi_export.trt_ops import check_tensorrt_ops
-    from csi_runtime.bundle import load_bundle
-
-    result = export_bundle(trained / "best", tmp_path / "bundle", verify=True, rng=np.random.default_rng(0))
-    assert result.parity is not None and result.parity.passed, result.parity
-    bundle = load_bundle(result.path)
-    assert bundle.manifest["embedding_dim"] == 32
-    for graph in ("frontend", "encoder"):
-        check_tensorrt_ops(onnx.load(str(bundle.graph_path(graph))), graph)

@@ -288,7 +288,8 @@ def _train(
             for k, v in {**step_stats, "loss": loss.item()}.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            shown = {k: f"{step_stats[k]:.2f}" for k in ("active", "recon") if k in step_stats}
+            bar.set_postfix(loss=f"{loss.item():.4f}", **shown, lr=f"{scheduler.get_last_lr()[0]:.2e}")
         bar.close()
         elapsed = time.monotonic() - t0
         record: dict[str, Any] = {

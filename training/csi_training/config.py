@@ -34,6 +34,7 @@ __all__ = [
     "DataConfig",
     "DiscoverConfig",
     "LossConfig",
+    "MARLConfig",
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
@@ -230,8 +231,38 @@ class DiscoverConfig:
 
 
 @dataclass(frozen=True)
+class MARLConfig:
+    """MARL multi-view VAE (ISMIR 2024 LBD; docs/recipes/marl.md); used when ``recipe: marl``.
+
+    The two views of an item are two versions of one work (``data.versions_per_work: 2``). The shared
+    latent has ``model.embedding_dim`` dimensions: its expert mean, L2-normalised, is the embedding the
+    checkpoint exports, so there is no separate shared size here to disagree with it.
+    """
+
+    private_dim: int = 32  # dimensions of each view's private latent
+    decoder_channels: int = 32  # channels of the convolutional decoder's widest (first) stage
+    combine: Literal["poe", "mean"] = "poe"  # product of the views' shared experts, or their mean
+    alpha: float = 1.0  # weight of the index-code mutual information, per latent subspace
+    beta: float = 1.0  # weight of the total correlation
+    gamma: float = 1.0  # weight of the dimension-wise KL
+    estimator: Literal["weighted", "chen"] = "weighted"  # aggregate-posterior estimate (losses.tcvae)
+    # optional supervised term: the loss section's triplet loss on the normalised shared means
+    # (0: the self-supervised objective of the seed)
+    triplet_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.private_dim <= 4096:
+            raise ConfigError(f"marl.private_dim must be in [1, 4096], got {self.private_dim}")
+        if not 4 <= self.decoder_channels <= 1024:
+            raise ConfigError(f"marl.decoder_channels must be in [4, 1024], got {self.decoder_channels}")
+        for name in ("alpha", "beta", "gamma", "triplet_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"marl.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    recipe: Literal["move", "discover"] = "move"
+    recipe: Literal["move", "discover", "marl"] = "move"
     seed: int = 0
     out_dir: str = "runs/move"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -247,6 +278,22 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     discover: DiscoverConfig = field(default_factory=DiscoverConfig)
+    marl: MARLConfig = field(default_factory=MARLConfig)
+
+    def __post_init__(self) -> None:
+        if self.recipe == "marl":
+            if self.data.source != "manifest":
+                raise ConfigError(
+                    "recipe marl needs data.source 'manifest': its beta-TCVAE terms are estimated with "
+                    "the finite numbers of training recordings and version pairs"
+                )
+            if self.data.versions_per_work != 2:
+                raise ConfigError(
+                    "recipe marl trains on version pairs: data.versions_per_work must be 2, "
+                    f"got {self.data.versions_per_work}"
+                )
+            if self.loss.ce_weight > 0:
+                raise ConfigError("recipe marl has no classification head: loss.ce_weight must be 0")
 
 
 # -- dict <-> dataclass ------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""The training loop shared by every recipe: the MOVE-style baseline (``recipe: move``) and DisCover
-(``recipe: discover``, whose training-only modules live in ``csi_training.discover``).
+"""The training loop shared by every recipe: the MOVE-style baseline (``recipe: move``), DisCover
+(``recipe: discover``, whose training-only modules live in ``csi_training.discover``) and the MARL
+multi-view VAE (``recipe: marl``, ``csi_training.models.marl_conv``: batches of version pairs, the
+MARL objective instead of the triplet loss, the backbone returning the normalised shared expert mean).
 
 One call, :func:`train`, runs a whole config: data (features through the cache, or versions
 synthesised on the fly), P×K clique batches, augmentation, mixed precision (bf16 on CPUs that
@@ -40,6 +42,8 @@ from csi_training.training_data import (
 
 if TYPE_CHECKING:
     from csi_training.discover.recipe import DiscoverRecipe
+    from csi_training.models.marl import MARLWeights
+    from csi_training.models.marl_conv import ConvMultiViewVAE
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +180,14 @@ def _train(
     from csi_training.losses import TripletLoss
 
     triplet = TripletLoss(margin=config.loss.margin, mining=config.loss.mining, metric=config.loss.distance)
-    net = TrainNet(encoder.backbone, head).to(device)
+    net: nn.Module
+    marl: ConvMultiViewVAE | None = None
+    if config.recipe == "marl":
+        assert isinstance(batches, FeatureBatches)  # the config admits manifest data only
+        marl, marl_weights, marl_sizes = _marl_model(config, encoder.backbone, batches)
+        net = marl.to(device)
+    else:
+        net = TrainNet(encoder.backbone, head).to(device)
     model: nn.Module = net
     if proc.world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -207,7 +218,7 @@ def _train(
     history: list[dict[str, Any]] = []
     if resume:
         start_epoch, step, history, best_map = _restore(
-            last_dir, config, net, optimizer, scheduler, scaler, recipe
+            last_dir, config, encoder.backbone, head, optimizer, scheduler, scaler, recipe, marl
         )
         logger.info("resuming %s at epoch %d (step %d)", out_dir, start_epoch, step)
     else:
@@ -216,7 +227,7 @@ def _train(
                 f"{out_dir} already holds a run; pass --resume to continue it or choose another out_dir"
             )
         if config.init_from:
-            init_backbone(config.init_from, net.backbone, config)
+            init_backbone(config.init_from, encoder.backbone, config)
             logger.info("backbone initialised from %s", config.init_from)
     eval_frames = max(8, round(config.data.eval_max_s * frame_rate))
     info_base = {
@@ -238,22 +249,32 @@ def _train(
     for epoch in range(start_epoch, end_epoch):
         model.train()
         bar = ProgressBar(steps_per_epoch, f"epoch {epoch + 1}/{config.optim.epochs}", progress and proc.main)
-        sums = {"loss": 0.0, "triplet": 0.0, "ce": 0.0, "ce_accuracy": 0.0, "active": 0.0}
+        sums: dict[str, float] = {}
         t0, n_samples = time.monotonic(), 0
         for x, labels in batches.epoch(epoch):
             x, labels = x.to(device, non_blocking=True), labels.to(device)
-            with autocast(device, config.amp):
-                emb, ce, ce_acc = model(x, labels)
-            trip, stats = triplet(emb.float(), labels)
-            loss = trip + config.loss.ce_weight * ce.float()
-            recipe_stats: dict[str, float] = {}
-            if recipe is not None:
-                extra, recipe_stats = recipe.step(emb.float(), x, labels, step)
-                loss = loss + extra
+            if marl is not None:
+                loss, step_stats = _marl_step(
+                    model, x, labels, marl_weights, marl_sizes, config, triplet, device
+                )
+            else:
+                with autocast(device, config.amp):
+                    emb, ce, ce_acc = model(x, labels)
+                trip, stats = triplet(emb.float(), labels)
+                loss = trip + config.loss.ce_weight * ce.float()
+                step_stats = {
+                    "triplet": trip.item(),
+                    "ce": float(ce.detach()),
+                    "ce_accuracy": ce_acc,
+                    "active": float(stats.get("active_fraction", 0.0)),
+                }
+                if recipe is not None:
+                    extra, recipe_stats = recipe.step(emb.float(), x, labels, step)
+                    loss = loss + extra
+                    step_stats.update(recipe_stats)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"non-finite loss at epoch {epoch + 1} step {step}: triplet {trip}, ce {ce}"
-                    + (f", {config.recipe} terms {recipe_stats}" if recipe_stats else "")
+                    f"non-finite loss at epoch {epoch + 1} step {step} ({config.recipe}): terms {step_stats}"
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -264,21 +285,11 @@ def _train(
             scheduler.step()
             step += 1
             n_samples += x.shape[0]
-            active = float(stats.get("active_fraction", 0.0))
-            for k, v in (
-                ("loss", loss.item()),
-                ("triplet", trip.item()),
-                ("ce", float(ce.detach())),
-                ("ce_accuracy", ce_acc),
-                ("active", active),
-            ):
-                sums[k] += v
-            for k, v in recipe_stats.items():
+            for k, v in {**step_stats, "loss": loss.item()}.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.update()
-            bar.set_postfix(
-                loss=f"{loss.item():.4f}", active=f"{active:.2f}", lr=f"{scheduler.get_last_lr()[0]:.2e}"
-            )
+            shown = {k: f"{step_stats[k]:.2f}" for k in ("active", "recon") if k in step_stats}
+            bar.set_postfix(loss=f"{loss.item():.4f}", **shown, lr=f"{scheduler.get_last_lr()[0]:.2e}")
         bar.close()
         elapsed = time.monotonic() - t0
         record: dict[str, Any] = {
@@ -293,15 +304,16 @@ def _train(
             _check_replicas(recipe, proc)  # the training-only networks must stay replicas too
         if proc.main:
             with autocast(device, config.amp):
-                record["val"] = _validate(net.backbone, val_set, device, eval_frames)
+                record["val"] = _validate(encoder.backbone, val_set, device, eval_frames)
             history.append(record)
             val_map = record["val"].get("MAP", -1.0)
             logger.info(
-                "epoch %d/%d: loss %.4f, active triplets %.2f, %.0f samples/s, val %s",
+                "epoch %d/%d: loss %.4f, %s %.2f, %.0f samples/s, val %s",
                 epoch + 1,
                 config.optim.epochs,
                 record["train"]["loss"],
-                record["train"]["active"],
+                "reconstruction" if marl is not None else "active triplets",
+                record["train"].get("recon" if marl is not None else "active", 0.0),
                 record["samples_per_s"],
                 _fmt_metrics(record["val"]),
             )
@@ -319,6 +331,8 @@ def _train(
             }
             if recipe is not None:
                 state["discover"] = recipe.train_state()
+            if marl is not None:
+                state["marl"] = marl.auxiliary_state()
             metrics = {"current": record, "history": history}
             if val_map > best_map or not best_metrics:
                 best_map, best_metrics = val_map, record
@@ -347,20 +361,72 @@ def _append_history(out_dir: Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def _marl_model(
+    config: TrainConfig, backbone: nn.Module, batches: FeatureBatches
+) -> tuple[ConvMultiViewVAE, MARLWeights, tuple[int, int]]:
+    """The MARL model around ``backbone``, its loss weights, and the data-set sizes of its
+    beta-TCVAE estimates: (training recordings, ordered pairs of distinct versions of one work),
+    counted over the works the clique sampler draws from."""
+    from csi_training.models.cqtnet import CQTNet
+    from csi_training.models.marl import MARLWeights
+    from csi_training.models.marl_conv import ConvMultiViewVAE
+
+    assert isinstance(backbone, CQTNet)
+    m = config.marl
+    model = ConvMultiViewVAE(backbone, batches.frames, m.private_dim, m.decoder_channels, m.combine)
+    counts = [len(items) for items in batches.sampler.items.values()]
+    sizes = (sum(counts), sum(n * (n - 1) for n in counts))
+    logger.info("MARL: %d training recordings, %d ordered version pairs", *sizes)
+    return model, MARLWeights(m.alpha, m.beta, m.gamma), sizes
+
+
+def _marl_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    weights: MARLWeights,
+    sizes: tuple[int, int],
+    config: TrainConfig,
+    triplet: nn.Module,
+    device: torch.device,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One MARL loss on a clique batch x [2P, F, T] of P works × 2 versions (consecutive items)."""
+    from csi_training.models.marl import marl_loss
+    from csi_training.models.marl_conv import ConvMultiViewVAE
+
+    pairs = labels.view(-1, 2)
+    if x.shape[0] % 2 or not torch.equal(pairs[:, 0], pairs[:, 1]):
+        raise RuntimeError("recipe marl expects batches of version pairs (two consecutive items per work)")
+    with autocast(device, config.amp):
+        result = model(x.view(-1, 2, *x.shape[1:]))
+    out, target = ConvMultiViewVAE.output(result)
+    loss, stats = marl_loss(out, target, weights, sizes[0], sizes[1], config.marl.estimator)
+    if config.marl.triplet_weight > 0:
+        emb = nn.functional.normalize(out.expert_mu.flatten(0, 1), dim=-1)
+        trip, trip_stats = triplet(emb, labels)
+        loss = loss + config.marl.triplet_weight * trip
+        stats["triplet"] = trip.item()
+        stats["active"] = float(trip_stats.get("active_fraction", 0.0))
+    stats.pop("loss")
+    return loss, stats
+
+
 def _restore(
     last_dir: Path,
     config: TrainConfig,
-    net: TrainNet,
+    backbone: nn.Module,
+    head: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     scaler: Any,
     recipe: DiscoverRecipe | None = None,
+    marl: ConvMultiViewVAE | None = None,
 ) -> tuple[int, int, list[dict[str, Any]], float]:
     from csi_training.checkpoint import CheckpointError, load_backbone_weights
 
     header = read_header(last_dir)
     check_resumable(header, config)
-    load_backbone_weights(last_dir, net.backbone)
+    load_backbone_weights(last_dir, backbone)
     state_file = last_dir / "train_state.pt"
     if not state_file.exists():
         raise CheckpointError(f"{last_dir} has no train_state.pt; it cannot be resumed (only evaluated)")
@@ -368,8 +434,15 @@ def _restore(
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
-    if net.head is not None:
-        net.head.load_state_dict(state["head"])
+    if head is not None:
+        head.load_state_dict(state["head"])
+    if marl is not None:
+        if "marl" not in state:
+            raise CheckpointError(f"{last_dir}/train_state.pt lacks the MARL heads' and decoder's state")
+        try:
+            marl.load_auxiliary_state(state["marl"])
+        except (ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{last_dir}/train_state.pt: {exc}") from exc
     if recipe is not None:
         if "discover" not in state:
             raise CheckpointError(f"{last_dir}/train_state.pt lacks the discover modules' state")

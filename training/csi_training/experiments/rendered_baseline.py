@@ -17,13 +17,14 @@ One command, resumable step by step (each step skips what is already on disk)::
    here) with our encoder re-evaluated on the same subset;
 6. a table (Markdown + JSON) written to ``--report``.
 
-With ``--extra-versions N`` a second stage follows step 4: N more versions of every non-test work of
-the note corpus (works beyond ``--max-works`` included; test works never) are rendered with
-``--extra-seed`` into ``corpus_b``, and the stage-1 model is fine-tuned on both corpora
-(``init_from``, ``--finetune-epochs`` at ``--finetune-lr``) into ``model_b``, which step 5 then
-evaluates. More versions per work is what the stage-1 plateau asked for: its training fit and
-validation MAP stopped improving together, and a clique batch draws K versions from all of a
-work's versions, so each step sees more variety at no extra cost per step.
+With ``--extra-versions N1 [N2 …]`` fine-tuning stages follow step 4. Stage i renders N_i versions
+of every non-test work of the note corpus (works beyond ``--max-works`` included; test works never)
+with ``--extra-seed`` into ``corpus_b`` (a later stage extends it: version k depends only on the seed,
+the work and k), and fine-tunes the previous stage's best checkpoint (``init_from``) on the stage-1
+files plus the first N_i extra versions into ``model_b``, ``model_c``, …; step 5 evaluates the last
+stage. More versions per work is what the stage-1 plateau asked for: its training fit and validation
+MAP stopped improving together, and a clique batch draws K versions from all of a work's versions, so
+each step sees more variety at no extra cost per step.
 """
 
 from __future__ import annotations
@@ -119,18 +120,25 @@ def _render(
     return Path(result)
 
 
-def _extra_manifest(train_manifest: Path, extra_manifest: Path, test_ids: set[str], out: Path) -> Path:
-    """The stage-1 training files plus the extra versions (version ids ``bNN``), test works excluded."""
+def _extra_manifest(
+    train_manifest: Path, extra_manifest: Path, test_ids: set[str], n_versions: int, path: Path
+) -> Path:
+    """The stage-1 training files plus the first ``n_versions`` extra versions of each work (version
+    ids ``bNN``), test works excluded, written to ``path``."""
     from csi_training.data import ManifestEntry, read_manifest, write_manifest
 
     extra = [
         ManifestEntry(path=e.path, work_id=e.work_id, version_id="b" + (e.version_id or "").removeprefix("v"))
         for e in read_manifest(extra_manifest)
-        if e.work_id not in test_ids
+        if e.work_id not in test_ids and int((e.version_id or "v0").removeprefix("v")) < n_versions
     ]
-    path = out / "train_manifest_b.csv"
     write_manifest(path, read_manifest(train_manifest) + extra)
     return path
+
+
+def _per_stage(values: list[Any], stage: int) -> Any:
+    """The value of a per-stage option for a stage: its own, or the last one given."""
+    return values[min(stage, len(values) - 1)]
 
 
 def _train_to_end(config: Any, model_dir: Path) -> None:
@@ -225,30 +233,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     if not args.no_train:
         _train_to_end(config, model_dir)
-    stage2: dict[str, Any] | None = None
-    if args.extra_versions:
-        extra_works = [w for w in all_works if w.work_id not in split.test]
-        extra_corpus = _render(
-            args, extra_works, work_dir / "corpus_b", args.extra_versions, args.extra_seed, False
+    stages: list[dict[str, Any]] = []
+    extra_works = [w for w in all_works if w.work_id not in split.test]
+    for i, n_versions in enumerate(args.extra_versions or []):
+        letter = "bcdefgh"[i]
+        extra_corpus = _render(args, extra_works, work_dir / "corpus_b", n_versions, args.extra_seed, False)
+        train_i = _extra_manifest(
+            train_manifest,
+            extra_corpus,
+            set(split.test),
+            n_versions,
+            work_dir / f"train_manifest_{letter}.csv",
         )
-        train_b = _extra_manifest(train_manifest, extra_corpus, set(split.test), work_dir)
-        stage1_best = model_dir / "best"
-        model_dir = work_dir / "model_b"
+        previous_best = model_dir / "best"
+        model_dir = work_dir / f"model_{letter}"
+        epochs = _per_stage(args.finetune_epochs, i)
+        lr = _per_stage(args.finetune_lr, i)
         config = load_config(
             args.config,
             {
-                "data.manifest": str(train_b),
+                "data.manifest": str(train_i),
                 "out_dir": str(model_dir),
                 "data.cache_dir": str(work_dir / "features"),
-                "init_from": str(stage1_best),
-                "optim.epochs": args.finetune_epochs,
-                "optim.lr": args.finetune_lr,
+                "init_from": str(previous_best),
+                "optim.epochs": epochs,
+                "optim.lr": lr,
                 "optim.warmup_steps": 100,
             },
         )
         if not args.no_train:
             _train_to_end(config, model_dir)
-        stage2 = {"works": len(extra_works), "versions": args.extra_versions, "seed": args.extra_seed}
+        stages.append(
+            {"model": model_dir.name, "works": len(extra_works), "extra_versions": n_versions,
+             "epochs": epochs, "lr": lr, "seed": args.extra_seed}
+        )  # fmt: skip
     training_info = json.loads((model_dir / "best" / "config.json").read_text())
 
     emb, work_ids, _, info = embed_manifest(
@@ -307,7 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             k: training_info.get(k) for k in ("train_works", "train_files", "val_works", "epoch", "step")
         },
         "epochs_planned": config.optim.epochs,
-        "stage2": stage2,
+        "stages": stages,
         "model": str(model_dir / "best"),
         "config": str(args.config),
         "renderer": args.renderer,
@@ -328,11 +346,11 @@ def _write_report(path: Path, result: dict[str, Any], args: argparse.Namespace) 
         f"leave-one-out. Training: {result['train']['train_works']} works, "
         f"{result['train']['train_files']} files (renderer: {args.renderer}), config `{args.config}`; "
         f"best checkpoint: epoch {result['train']['epoch']} of {result['epochs_planned']} planned"
-        + (
-            f" of stage 2 (fine-tuned on {result['stage2']['versions']} more versions of "
-            f"{result['stage2']['works']} works, seed {result['stage2']['seed']})."
-            if result.get("stage2")
-            else "."
+        + "."
+        + "".join(
+            f" Fine-tuning stage {st['model']}: {st['extra_versions']} more versions (seed {st['seed']}) of "
+            f"{st['works']} works, {st['epochs']} epochs at lr {st['lr']:g}."
+            for st in result.get("stages", [])
         ),
         "",
         "| system | tracks | MAP | P@10 | MR1 | MRR | Top1 | note |",
@@ -370,12 +388,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--extra-versions",
         type=int,
-        default=0,
-        help="stage 2: render this many more versions of every non-test work and fine-tune on them",
+        nargs="+",
+        default=None,
+        help="fine-tuning stages: per stage, the extra versions of every non-test work to train on",
     )
-    p.add_argument("--extra-seed", type=int, default=1, help="seed of the stage-2 versions")
-    p.add_argument("--finetune-epochs", type=int, default=30)
-    p.add_argument("--finetune-lr", type=float, default=5e-4)
+    p.add_argument("--extra-seed", type=int, default=1, help="seed of the extra versions")
+    p.add_argument("--finetune-epochs", type=int, nargs="+", default=[30], help="per stage (or one for all)")
+    p.add_argument("--finetune-lr", type=float, nargs="+", default=[5e-4], help="per stage (or one for all)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)

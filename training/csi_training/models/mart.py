@@ -170,6 +170,8 @@ class MartCQTNet(nn.Module):
             dropout=dropout,
         )
         self.embedding_dim = embedding_dim
+        # Shortest input (frames) an exported graph accepts: enough windows for CQTNet's min_frames.
+        self.min_frames = window_frames + (self.cqtnet.min_frames - 1) * window_hop
 
     def clip_vectors(self, features: torch.Tensor) -> torch.Tensor:
         """[B, n_mels, T] → [B, D_e, W], W = 1 + (max(T, window_frames) - window_frames) // window_hop."""

@@ -181,7 +181,12 @@ class MartCQTNet(nn.Module):
         if t < self.window_frames:
             reps = -(-self.window_frames // t)
             features = features.repeat(1, 1, reps)[:, :, : self.window_frames]
-        windows = features.unfold(2, self.window_frames, self.window_hop)  # [B, F, W, frames]
+        # Tensor.unfold does not export with a symbolic T (torch.export adds a guard it cannot
+        # prove); an index grid does (ONNX Range + Gather) and picks the same frames.
+        n_windows = (features.shape[2] - self.window_frames) // self.window_hop + 1
+        starts = torch.arange(n_windows, device=features.device) * self.window_hop
+        offsets = torch.arange(self.window_frames, device=features.device)
+        windows = features[:, :, starts[:, None] + offsets[None, :]]  # [B, F, W, frames]
         b, f, w, frames = windows.shape
         flat = windows.permute(0, 2, 1, 3).reshape(b * w, f, frames)
         return self.encoder(flat).reshape(b, w, -1).transpose(1, 2)

@@ -80,6 +80,19 @@ def _frontends(header: dict[str, Any]) -> tuple[Any, Any]:
             f"frontend kind {config.get('kind')!r} has no 'center' parameter: it cannot be "
             "exported with valid framing for streams"
         )
+    if config.get("kind") == "logmel":
+        # the runtime pads a whole file with zeros (centred frames of pad_mode "constant") and computes
+        # a stream chunk by chunk, so each frame may depend on its own samples only
+        if config.get("pad_mode", "constant") != "constant":
+            raise ExportError(
+                f"log-mel pad_mode {config['pad_mode']!r} cannot be exported: the runtime pads files with "
+                "zeros (pad_mode 'constant')"
+            )
+        if config.get("top_db") is not None:
+            raise ExportError(
+                "log-mel top_db cannot be exported: it clips relative to the whole input's maximum, which "
+                "a stream computed chunk by chunk does not know"
+            )
     try:
         trained = frontend_from_dict(config).eval()
         valid = frontend_from_dict({**config, "center": False}).eval()

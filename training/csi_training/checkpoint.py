@@ -51,6 +51,7 @@ __all__ = [
     "CheckpointError",
     "check_resumable",
     "init_backbone",
+    "init_from_mart_pretrain",
     "load_backbone_weights",
     "load_checkpoint",
     "save_checkpoint",
@@ -223,14 +224,23 @@ def check_resumable(header: dict[str, Any], config: TrainConfig) -> None:
 def init_backbone(directory: str | Path, backbone: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
     """Start ``backbone`` from the weights of checkpoint ``directory`` (fine-tuning); returns its header.
 
-    Refused, with the differing keys named, when the checkpoint's frontend or model section differs
-    from ``config``'s: the weights would then mean something else.
+    ``directory`` is a training checkpoint (all backbone weights; refused, with the differing keys
+    named, when its frontend or model section differs from ``config``'s: the weights would then mean
+    something else) or, for ``model.name: mart``, a MART pre-training checkpoint (see
+    :func:`init_from_mart_pretrain`).
     """
+    directory = Path(directory)
+    if _format_tag(directory) == _mart_pretrain_format():
+        return init_from_mart_pretrain(directory, backbone, config)
     header = read_header(directory)
+    try:  # through config_from_dict: keys added to the config since count with their defaults
+        theirs = config_to_dict(config_from_dict(header["config"]))
+    except ValueError as exc:
+        raise CheckpointError(f"cannot start from {directory}: it holds an invalid config: {exc}") from exc
     ours = config_to_dict(config)
     differing = [
         key
-        for key in config_diff(header["config"], ours)
+        for key in config_diff(theirs, ours)
         if key == "frontend" or key.startswith(("frontend.", "model."))
     ]
     if differing:
@@ -238,4 +248,108 @@ def init_backbone(directory: str | Path, backbone: torch.nn.Module, config: Trai
             f"cannot start from {directory}: its frontend/model config differs in " + ", ".join(differing)
         )
     load_backbone_weights(directory, backbone)
+    return header
+
+
+def _format_tag(directory: Path) -> Any:
+    """The ``format`` field of ``directory/config.json`` (None when unreadable: read_header says why)."""
+    try:
+        header = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return header.get("format") if isinstance(header, dict) else None
+
+
+def _mart_pretrain_format() -> str:
+    from csi_training.experiments.mart_pretrain import PRETRAIN_FORMAT
+
+    return PRETRAIN_FORMAT
+
+
+def init_from_mart_pretrain(
+    directory: str | Path, backbone: torch.nn.Module, config: TrainConfig
+) -> dict[str, Any]:
+    """Load the FCN-7 projection encoder of a MART pre-training checkpoint (its ``encoder.*`` weights)
+    into the front of a ``mart`` backbone (MartCQTNet.encoder); the CQTNet part keeps its
+    initialisation. Returns the pre-training header.
+
+    Refused, naming what differs, unless the run's model is ``mart``, its log-mel frontend is the
+    one pre-training's finest level computes (experiments.mart.finetune_mel_config: same sample
+    rate, n_fft, hop, mel bands, compression), model.encoder_width is the pre-trained width and
+    model.window_frames the finest part's frame count; and unless the encoder weights fit exactly
+    (missing, unexpected and wrongly shaped keys are named).
+    """
+    from csi_training.experiments.mart import finetune_mel_config
+    from csi_training.experiments.mart_pretrain import PRETRAIN_FORMAT_VERSION, pretrain_config_from_dict
+    from csi_training.frontends import frontend_config_from_dict
+    from csi_training.models.mart import MartCQTNet
+
+    directory = Path(directory)
+    where = f"cannot start from the MART pre-training checkpoint {directory}"
+    header = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    if header.get("format_version") != PRETRAIN_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where}: format version {header.get('format_version')}, this csi_training reads "
+            f"{PRETRAIN_FORMAT_VERSION}"
+        )
+    if config.model.name != "mart" or not isinstance(backbone, MartCQTNet):
+        raise CheckpointError(f"{where}: it holds a MART encoder, which only model.name 'mart' takes")
+    try:
+        pretrain = pretrain_config_from_dict(header["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: it holds an invalid config: {exc}") from exc
+    hierarchy = pretrain.model.hierarchy
+    expected = finetune_mel_config(hierarchy).to_dict()
+    try:
+        ours = frontend_config_from_dict(dict(config.frontend)).to_dict()
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: invalid frontend section: {exc}") from exc
+    differing = [
+        f"frontend.{key} (pre-training {expected.get(key)!r}, this run {ours.get(key)!r})"
+        for key in config_diff(expected, ours)
+    ]
+    for key, theirs, mine in (
+        ("model.encoder_width", pretrain.model.width, config.model.encoder_width),
+        ("model.window_frames", hierarchy.frames, config.model.window_frames),
+    ):
+        if theirs != mine:
+            differing.append(f"{key} (pre-training {theirs!r}, this run {mine!r})")
+    if differing:
+        raise CheckpointError(f"{where}: " + "; ".join(differing))
+
+    weights_file = directory / "model.safetensors"
+    try:
+        weights = load_file(str(weights_file))
+    except FileNotFoundError:
+        raise CheckpointError(f"{where}: no model.safetensors") from None
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"{weights_file} is damaged or not a safetensors file: {exc}") from exc
+    prefix = "encoder."
+    found = {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
+    target = backbone.encoder.state_dict()
+    missing = sorted(set(target) - set(found))
+    unexpected = sorted(set(found) - set(target))
+    wrong_shape = sorted(k for k in set(target) & set(found) if target[k].shape != found[k].shape)
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(
+                "missing " + ", ".join(prefix + k for k in missing[:8]) + (" …" if len(missing) > 8 else "")
+            )
+        if unexpected:
+            parts.append(
+                "unexpected "
+                + ", ".join(prefix + k for k in unexpected[:8])
+                + (" …" if len(unexpected) > 8 else "")
+            )
+        if wrong_shape:
+            parts.append(
+                "wrong shape "
+                + ", ".join(
+                    f"{prefix}{k} {tuple(found[k].shape)}≠{tuple(target[k].shape)}" for k in wrong_shape[:8]
+                )
+            )
+        raise CheckpointError(f"{where}: its encoder weights do not fit model.encoder: {'; '.join(parts)}")
+    backbone.encoder.load_state_dict(found)
+    logger.info("MART encoder (%d tensors) loaded from %s; CQTNet starts fresh", len(found), directory)
     return header

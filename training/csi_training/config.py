@@ -65,15 +65,31 @@ def _default_frontend() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """CQTNet-style backbone (see ``csi_training.models.cqtnet``)."""
+    """The backbone: ``cqtnet`` (``csi_training.models.cqtnet``) on the frontend's features, or ``mart``
+    (``csi_training.models.mart.MartCQTNet``): an FCN-7 projection encoder (MART's, possibly
+    pre-trained) over windows of ``window_frames`` log-mel frames every ``window_hop`` frames, whose
+    vectors form the sequence the CQTNet-style network reads. ``mart`` needs a ``logmel`` frontend.
 
-    name: Literal["cqtnet"] = "cqtnet"
+    width / embedding_dim / pooling / dropout: the CQTNet part. encoder_width, window_frames,
+    window_hop: the FCN-7 and its windows (mart only; window_frames = the finest part length of
+    pre-training, 128 frames by default, half-overlapping).
+    """
+
+    name: Literal["cqtnet", "mart"] = "cqtnet"
     width: Literal["small", "full"] = "small"
     embedding_dim: int = 256
     pooling: Literal["max", "avg", "gem"] = "gem"
     dropout: float = 0.1
+    encoder_width: Literal["full", "small", "tiny"] = "full"
+    window_frames: int = 128
+    window_hop: int = 64
 
     def __post_init__(self) -> None:
+        if self.window_frames < 1 or not 1 <= self.window_hop <= self.window_frames:
+            raise ConfigError(
+                "model.window_frames must be >= 1 and model.window_hop in [1, window_frames] (a larger "
+                f"hop would skip frames), got {self.window_frames}, {self.window_hop}"
+            )
         if not 8 <= self.embedding_dim <= 4096:
             raise ConfigError(f"model.embedding_dim must be in [8, 4096], got {self.embedding_dim}")
         if not 0.0 <= self.dropout < 1.0:

@@ -56,6 +56,10 @@ class LogMel(Frontend):
         self.sample_rate = c.sample_rate
         self.n_features = c.n_mels
         self.frame_rate = c.sample_rate / (c.hop_length * c.pool)
+        # Samples each side of a frame centre that its value depends on: with center=False frame t
+        # covers samples [t * hop, t * hop + n_fft), centred on context + t * hop_length, so padding
+        # a whole file with `context` zeros gives the frames of center=True, pad_mode="constant".
+        self.context = c.n_fft // 2
         extra = (c.pool - 1) * c.hop_length
         if not c.center:
             self.min_samples = c.n_fft + extra

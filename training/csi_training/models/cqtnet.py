@@ -13,9 +13,14 @@ that the exported graph, not the caller, owns that step.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from csi_training.models.mart import MartCQTNet
 
 #: (out_channels, freq kernel, time dilation, max-pool time by 2 after this layer) per layer, full width
 _FULL_LAYERS: tuple[tuple[int, int, int, bool], ...] = (
@@ -122,8 +127,34 @@ class CQTNet(nn.Module):
 
 
 def build_backbone(
-    name: str, n_bins: int, embedding_dim: int, width: str, pooling: str, dropout: float
-) -> CQTNet:
-    if name != "cqtnet":
-        raise ValueError(f"unknown backbone {name!r} (available: cqtnet)")
-    return CQTNet(n_bins=n_bins, embedding_dim=embedding_dim, width=width, pooling=pooling, dropout=dropout)
+    name: str,
+    n_bins: int,
+    embedding_dim: int,
+    width: str,
+    pooling: str,
+    dropout: float,
+    encoder_width: str = "full",
+    window_frames: int = 128,
+    window_hop: int = 64,
+) -> CQTNet | MartCQTNet:
+    """The backbone ``name`` for features [B, n_bins, T]: ``cqtnet``, or ``mart`` (an FCN-7 over
+    log-mel windows of ``window_frames`` frames every ``window_hop``, in front of a CQTNet; n_bins
+    is then the number of mel bands)."""
+    if name == "cqtnet":
+        return CQTNet(
+            n_bins=n_bins, embedding_dim=embedding_dim, width=width, pooling=pooling, dropout=dropout
+        )
+    if name == "mart":
+        from csi_training.models.fcn import FCN7
+        from csi_training.models.mart import MartCQTNet
+
+        return MartCQTNet(
+            FCN7(n_bins, encoder_width),
+            window_frames,
+            window_hop,
+            embedding_dim=embedding_dim,
+            width=width,
+            pooling=pooling,
+            dropout=dropout,
+        )
+    raise ValueError(f"unknown backbone {name!r} (available: cqtnet, mart)")

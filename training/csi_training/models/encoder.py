@@ -14,6 +14,7 @@ from torch import nn
 from csi_training.config import ModelConfig
 from csi_training.frontends import Frontend
 from csi_training.models.cqtnet import CQTNet, build_backbone
+from csi_training.models.mart import MartCQTNet
 
 __all__ = ["Encoder", "build_encoder"]
 
@@ -21,7 +22,7 @@ __all__ = ["Encoder", "build_encoder"]
 class Encoder(nn.Module):
     """waveform float32 [B, n_samples] at ``sample_rate`` → embeddings [B, D] (unit L2 norm)."""
 
-    def __init__(self, frontend: Frontend, backbone: CQTNet) -> None:
+    def __init__(self, frontend: Frontend, backbone: CQTNet | MartCQTNet) -> None:
         super().__init__()
         self.frontend = frontend
         self.backbone = backbone
@@ -36,9 +37,14 @@ class Encoder(nn.Module):
 
 def build_encoder(frontend_config: dict[str, Any], model: ModelConfig) -> Encoder:
     """Frontend from its config dict (validated there) and a backbone sized to its output."""
-    from csi_training.frontends import frontend_from_dict
+    from csi_training.frontends import LogMel, frontend_from_dict
 
     frontend = frontend_from_dict(dict(frontend_config))
+    if model.name == "mart" and not isinstance(frontend, LogMel):
+        raise ValueError(
+            f"model.name 'mart' needs a logmel frontend (its FCN-7 reads log-mel windows), "
+            f"got frontend.kind {frontend_config.get('kind')!r}"
+        )
     backbone = build_backbone(
         model.name,
         n_bins=int(frontend.n_features),
@@ -46,5 +52,8 @@ def build_encoder(frontend_config: dict[str, Any], model: ModelConfig) -> Encode
         width=model.width,
         pooling=model.pooling,
         dropout=model.dropout,
+        encoder_width=model.encoder_width,
+        window_frames=model.window_frames,
+        window_hop=model.window_hop,
     )
     return Encoder(frontend, backbone)

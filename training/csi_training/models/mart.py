@@ -170,6 +170,8 @@ class MartCQTNet(nn.Module):
             dropout=dropout,
         )
         self.embedding_dim = embedding_dim
+        # Shortest input (frames) an exported graph accepts: enough windows for CQTNet's min_frames.
+        self.min_frames = window_frames + (self.cqtnet.min_frames - 1) * window_hop
 
     def clip_vectors(self, features: torch.Tensor) -> torch.Tensor:
         """[B, n_mels, T] → [B, D_e, W], W = 1 + (max(T, window_frames) - window_frames) // window_hop."""
@@ -179,7 +181,12 @@ class MartCQTNet(nn.Module):
         if t < self.window_frames:
             reps = -(-self.window_frames // t)
             features = features.repeat(1, 1, reps)[:, :, : self.window_frames]
-        windows = features.unfold(2, self.window_frames, self.window_hop)  # [B, F, W, frames]
+        # Tensor.unfold does not export with a symbolic T (torch.export adds a guard it cannot
+        # prove); an index grid does (ONNX Range + Gather) and picks the same frames.
+        n_windows = (features.shape[2] - self.window_frames) // self.window_hop + 1
+        starts = torch.arange(n_windows, device=features.device) * self.window_hop
+        offsets = torch.arange(self.window_frames, device=features.device)
+        windows = features[:, :, starts[:, None] + offsets[None, :]]  # [B, F, W, frames]
         b, f, w, frames = windows.shape
         flat = windows.permute(0, 2, 1, 3).reshape(b * w, f, frames)
         return self.encoder(flat).reshape(b, w, -1).transpose(1, 2)

@@ -5,6 +5,7 @@ Set CSI_TEST_SEED to replay a failing run.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
@@ -52,6 +53,10 @@ def exported_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     torch.set_num_threads(1)  # many small ops: one thread is faster on a loaded 2-core machine
     root = tmp_path_factory.mktemp("exported")
     checkpoint = make_checkpoint(root / "ckpt", int(np.random.SeedSequence().entropy % 2**31))
+    (checkpoint / "eval").mkdir()  # what `csi eval` writes; the bundle's provenance carries it
+    evaluation = {"manifest": "test.csv", "used": 8, "metrics": {"MAP": 0.25, "P@10": 0.1, "MR1": 3.0}}
+    (checkpoint / "eval" / "test.json").write_text(json.dumps(evaluation))
+    (checkpoint / "eval" / "broken.json").write_text("{not json")
     path = export_bundle(checkpoint, root / "bundle", fp16=True, ort_optimize=True).path
     torch.set_num_threads(previous)
     return checkpoint, path

@@ -56,6 +56,10 @@ def test_bundle_holds_graphs_manifest_and_hashes(exported: tuple[Path, Path]) ->
     assert m["export"]["opset"] == OPSET and "dynamo=True" in m["export"]["exporter"]
     assert m["source"]["weights_sha256"] == sha256_file(checkpoint / "model.safetensors")
     assert m["source"]["metrics"]["val"]["MAP"] == 0.5
+    # csi eval results travel with the model; a damaged one is left out, not fatal
+    assert m["source"]["evaluations"] == [
+        {"manifest": "test.csv", "files": 8, "metrics": {"MAP": 0.25, "P@10": 0.1, "MR1": 3.0}}
+    ]
     assert m["source"]["config"] == header["config"]
     assert not [p for p in bundle_dir.parent.iterdir() if p.name.startswith(".")]  # no staging left
 

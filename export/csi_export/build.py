@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -318,5 +319,19 @@ def _provenance(checkpoint: Path, ckpt: Any, config: dict[str, Any]) -> dict[str
         "train_files": ckpt.info.get("train_files"),
         "trained_with_torch": ckpt.info.get("torch_version"),
         "metrics": {"val": best.get("val", {}), "epoch": best.get("epoch")},
+        "evaluations": _evaluations(checkpoint),
         "config": config,
     }
+
+
+def _evaluations(checkpoint: Path) -> list[dict[str, Any]]:
+    """What ``csi eval`` measured on this checkpoint (``eval/*.json``): manifest, files used, metrics.
+    An unreadable file is left out with a warning: provenance must not stop an export."""
+    out = []
+    for path in sorted((checkpoint / "eval").glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            out.append({"manifest": data["manifest"], "files": data["used"], "metrics": data["metrics"]})
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("%s: not a csi eval result, left out of the provenance (%s)", path, exc)
+    return out

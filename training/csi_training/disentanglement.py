@@ -83,21 +83,35 @@ def quantile_bins(values: np.ndarray, n_bins: int = 20) -> np.ndarray:
     return np.searchsorted(edges, values, side="right").astype(np.int64)
 
 
-def kmeans_codes(points: np.ndarray, n_clusters: int = 32, seed: int = 0, iterations: int = 50) -> np.ndarray:
+def kmeans_codes(
+    points: np.ndarray, n_clusters: int = 32, seed: int = 0, iterations: int = 50, restarts: int = 4
+) -> np.ndarray:
     """Nearest-centroid index (int64 [N]) of each row of points [N, D] after k-means (k-means++
     seeding, Lloyd iterations) on the per-dimension standardised points. Constant dimensions are
-    left at 0; n_clusters is capped at the number of distinct rows."""
+    left at 0; n_clusters is capped at the number of distinct rows. The best of ``restarts`` seeded
+    runs (least within-cluster sum of squares) is kept: one k-means++ seeding can put two centres in
+    one cluster and never recover."""
     x = np.asarray(points, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"points must be [N, D] with N, D >= 1, got shape {x.shape}")
     if not np.isfinite(x).all():
         raise ValueError("points contain NaN or Inf")
-    if n_clusters < 1:
-        raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
+    if n_clusters < 1 or restarts < 1:
+        raise ValueError(f"n_clusters and restarts must be >= 1, got {n_clusters} and {restarts}")
     std = x.std(axis=0)
     x = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
     k = min(n_clusters, len(np.unique(x, axis=0)))
     rng = np.random.default_rng(seed)
+    best, best_inertia = np.zeros(len(x), dtype=np.int64), np.inf
+    for _ in range(restarts):
+        labels, inertia = _lloyd(x, k, rng, iterations)
+        if inertia < best_inertia:
+            best, best_inertia = labels, inertia
+    return best
+
+
+def _lloyd(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int) -> tuple[np.ndarray, float]:
+    """One k-means run from a k-means++ seeding: (labels int64 [N], within-cluster sum of squares)."""
     centroids = np.empty((k, x.shape[1]))
     centroids[0] = x[rng.integers(len(x))]
     nearest = ((x - centroids[0]) ** 2).sum(axis=1)
@@ -115,7 +129,8 @@ def kmeans_codes(points: np.ndarray, n_clusters: int = 32, seed: int = 0, iterat
             members = x[labels == c]
             if len(members):
                 centroids[c] = members.mean(axis=0)
-    return labels
+    inertia = float(((x - centroids[labels]) ** 2).sum())
+    return labels, inertia
 
 
 def probe_accuracy(

@@ -51,6 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from csi_training.render.broadcast import DEGRADATIONS
+
 logger = logging.getLogger("csi_training.experiments.robustness")
 
 __all__ = [
@@ -105,17 +107,7 @@ FACTOR_FIELDS: dict[str, tuple[str, ...]] = {
 IDENTITY_FIELDS = ("work_id", "version_index", "seed", "original")
 
 #: broadcast conditions: the cover, clean and under each degradation
-BROADCAST_CONDITIONS = (
-    "clean",
-    "speed",
-    "pitch",
-    "eq",
-    "compression",
-    "noise",
-    "mp3",
-    "codec_approx",
-    "voice_over",
-)
+BROADCAST_CONDITIONS = DEGRADATIONS
 #: degradations a "broadcast 20 s" excerpt may chain, in the order a broadcast chain applies them
 CHAIN_ORDER = ("speed", "pitch", "eq", "compression", "voice_over", "noise", "mp3")
 #: excerpt conditions: (name, seconds, degraded)

@@ -57,7 +57,7 @@ from csi_training.disentanglement import (
 from csi_training.frontends.config import MelConfig
 from csi_training.frontends.mel import LogMel
 from csi_training.losses.tcvae import Estimator
-from csi_training.models.marl import MARLWeights, MultiViewVAE, marl_loss
+from csi_training.models.marl import MARLWeights, MultiViewVAE, fit_multiview_vae
 from csi_training.render.tones import WAVEFORMS, ToneConfig, ToneFactors, render_tones, sample_tone_factors
 
 logger = logging.getLogger("csi_training.experiments.marl_case_study")
@@ -149,21 +149,18 @@ def train_variant(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = MultiViewVAE(MEL.n_mels, pool.features.shape[2])
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     features = torch.from_numpy(pool.features)
-    tail: list[dict[str, float]] = []
-    for step in range(steps):
-        views = features[torch.from_numpy(pool.pairs(rng, batch))]
-        loss, stats = marl_loss(model(views), views, weights, pool.n_views, pool.n_pairs, estimator)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {step}: {stats}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
-        if step >= steps - max(1, steps // 10):
-            tail.append(stats)
-    return model, {k: float(np.mean([s[k] for s in tail])) for k in tail[0]}
+    stats = fit_multiview_vae(
+        model,
+        lambda: features[torch.from_numpy(pool.pairs(rng, batch))],
+        weights,
+        steps,
+        lr,
+        pool.n_views,
+        pool.n_pairs,
+        estimator,
+    )
+    return model, stats
 
 
 def evaluate_variant(

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from csi_runtime.atomic import atomic_write_text
-from csi_training.models.marl import MARLWeights, MultiViewVAE, marl_loss
+from csi_training.models.marl import MARLWeights, MultiViewVAE, fit_multiview_vae
 
 logger = logging.getLogger("csi_training.experiments.marl_versions")
 
@@ -94,23 +94,14 @@ def train(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = MultiViewVAE(views.shape[1], views.shape[2], shared_dim=32, private_dim=16, hidden=(512, 128))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     data = torch.from_numpy(views)
-    tail: list[dict[str, float]] = []
-    for step in range(steps):
+
+    def next_views() -> torch.Tensor:
         chosen = rng.choice(len(groups), size=batch, replace=False)
         pairs = np.stack([rng.choice(groups[g], size=2, replace=False) for g in chosen])
-        x = data[torch.from_numpy(pairs)]
-        loss, stats = marl_loss(model(x), x, weights, len(views), n_pairs)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {step}: {stats}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
-        if step >= steps - max(1, steps // 10):
-            tail.append(stats)
-    return model, {k: float(np.mean([s[k] for s in tail])) for k in tail[0]}
+        return data[torch.from_numpy(pairs)]
+
+    return model, fit_multiview_vae(model, next_views, weights, steps, 1e-3, len(views), n_pairs)
 
 
 def retrieval(model: MultiViewVAE, views: np.ndarray, works: list[str]) -> dict[str, dict[str, float]]:

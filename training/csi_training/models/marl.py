@@ -27,6 +27,7 @@ short, and a small MLP trains on one CPU core in a minute.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +41,7 @@ __all__ = [
     "MARLWeights",
     "MultiViewVAE",
     "combine_experts",
+    "fit_multiview_vae",
     "marl_loss",
 ]
 
@@ -230,3 +232,33 @@ def marl_loss(
         stats[f"{name}_dwkl"] = float(t.dimension_kl.detach())
         stats[f"{name}_kl"] = float(t.kl.detach())
     return loss, stats
+
+
+def fit_multiview_vae(
+    model: MultiViewVAE,
+    next_views: Callable[[], torch.Tensor],
+    weights: MARLWeights,
+    steps: int,
+    lr: float,
+    private_items: int | None = None,
+    shared_items: int | None = None,
+    estimator: Estimator = "weighted",
+) -> dict[str, float]:
+    """Train ``model`` for ``steps`` Adam steps (gradient norm clipped at 10) on the batches
+    ``next_views()`` returns (views float [B, V, F, T] in [0, 1]); returns the mean statistics of
+    :func:`marl_loss` over the last 10 % of the steps. A non-finite loss stops with the step's
+    statistics."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    tail: list[dict[str, float]] = []
+    for step in range(steps):
+        views = next_views()
+        loss, stats = marl_loss(model(views), views, weights, private_items, shared_items, estimator)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {step}: {stats}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+        if step >= steps - max(1, steps // 10):
+            tail.append(stats)
+    return {k: sum(s[k] for s in tail) / len(tail) for k in tail[0]}

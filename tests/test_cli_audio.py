@@ -173,6 +173,47 @@ def test_calibrate_picks_a_threshold(catalog: dict[str, object], tmp_path: Path)
     assert run.returncode != 0 and b"a cohort of 4 works needs an index of at least 5 works" in run.stderr
 
 
+def test_calibrate_detections_sets_the_monitor(catalog: dict[str, object], tmp_path: Path) -> None:
+    """--per detection: one score per recording; csi monitor takes the tracker settings from it."""
+    refs: dict[str, np.ndarray] = catalog["refs"]  # type: ignore[assignment]
+    rng = np.random.default_rng(4)
+    (tmp_path / "pos").mkdir()
+    rows = ["path,work_id"]
+    for work, audio in refs.items():
+        sf.write(tmp_path / "pos" / f"{work}.wav", audio[3 * SR : 33 * SR], SR)
+        rows.append(f"pos/{work}.wav,{work}")
+    (tmp_path / "positives.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "neg").mkdir()
+    for i in range(10):  # 10 recordings: enough for a 10% target of false detections
+        sf.write(tmp_path / "neg" / f"other{i}.wav", tune(rng, 30.0), SR)
+    out = csi("calibrate", "--index", catalog["index"], "--positives", tmp_path / "positives.csv",
+              "--negatives", tmp_path / "neg", "--far", "0.1", "--cohort", "0", "--per", "detection",
+              "--hop-s", "5", "--min-windows", "2", "--max-gap-windows", "1",
+              "-o", tmp_path / "cal.json")  # fmt: skip
+    assert out.returncode == 0, out.stderr.decode()
+    cal = json.loads((tmp_path / "cal.json").read_text())
+    assert cal["per"] == "detection" and cal["n_neg"] == 10 and cal["n_pos"] == 3
+    assert cal["recordings"] == {"positive": 3, "negative": 10}
+    assert (cal["min_windows"], cal["max_gap_windows"], cal["hop_s"]) == (2, 1, 5.0)
+    assert cal["frr"] == 0.0 and cal["far"] <= 0.1  # exact excerpts are detected
+    stream = Path(catalog["root"]) / "stream.wav"  # type: ignore[arg-type]
+    run = csi("monitor", stream, "--index", catalog["index"], "--out", tmp_path / "m",
+              "--calibration", tmp_path / "cal.json", "--hop-s", "10", "--no-plots")  # fmt: skip
+    assert run.returncode != 0 and b"calibrated detections with --hop-s 5.0, not 10.0" in run.stderr
+    run = csi("monitor", stream, "--index", catalog["index"], "--out", tmp_path / "m",
+              "--calibration", tmp_path / "cal.json", "--no-plots", "--channel", "tv")  # fmt: skip
+    assert run.returncode == 0, run.stderr.decode()
+    detections = [
+        json.loads(line) for line in next((tmp_path / "m").rglob("*.jsonl")).read_text().splitlines()
+    ]
+    assert [d["work_id"] for d in detections] == ["work2", "work0"]
+    # too few negatives for the target: a clear error, not a threshold that promises nothing
+    few = csi("calibrate", "--index", catalog["index"], "--positives", tmp_path / "positives.csv",
+              "--negatives", tmp_path / "neg", "--far", "0.05", "--cohort", "0",
+              "--per", "detection")  # fmt: skip
+    assert few.returncode != 0 and b"10 negative recordings; give more negatives" in few.stderr
+
+
 def test_index_of_another_model_is_refused(catalog: dict[str, object], tmp_path: Path) -> None:
     other = ReferenceIndex(256, model_id="some-other-model")
     other.add(np.eye(256, dtype=np.float32)[:3], ["a", "b", "c"])

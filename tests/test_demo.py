@@ -28,7 +28,7 @@ def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("demo") / "report"
     seed = int.from_bytes(os.urandom(2), "little")
     metrics = run_demo(out, seed=seed, n_catalog=6, n_covers=4, n_unknown=2, n_calibration_unknown=10,
-                       save_audio=False, threads=1)  # fmt: skip
+                       target_far=0.1, save_audio=False, threads=1)  # fmt: skip
     return out, metrics
 
 

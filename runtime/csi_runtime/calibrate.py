@@ -33,6 +33,7 @@ __all__ = [
     "COHORT_WORKS",
     "Calibration",
     "calibrate_threshold",
+    "detection_score",
     "is_match",
     "min_negatives",
     "normalize_hits",
@@ -114,6 +115,85 @@ def window_scores(
         else:
             scores.append(float(top.score))
     return scores
+
+
+def _chain_exists(ok: np.ndarray, min_windows: int, max_gap_windows: int) -> bool:
+    """Whether ``min_windows`` True entries of ``ok`` [n] follow each other with at most
+    ``max_gap_windows`` False entries between consecutive ones."""
+    run, last = 0, -(10**9)
+    for i in np.flatnonzero(ok):
+        run = run + 1 if i - last - 1 <= max_gap_windows else 1
+        last = int(i)
+        if run >= min_windows:
+            return True
+    return False
+
+
+def detection_score(
+    hits_per_window: Sequence[Sequence[Any]],
+    work_id: Any = None,
+    cohort: int = 0,
+    min_windows: int = 2,
+    max_gap_windows: int = 1,
+    max_rank: int = 1,
+) -> float:
+    """Calibration score of a whole recording, for the monitor's *detections* rather than its windows.
+
+    The largest threshold at which a ``DetectionTracker(threshold, min_windows, max_gap_windows,
+    max_rank)`` fed these windows in order would detect ``work_id`` (a positive recording), or any
+    work (``work_id`` None: a recording of music that is not in the catalog); MISS_SCORE when it
+    never would. At a threshold t the tracker detects a work when ``min_windows`` windows support
+    it (the work ranks within ``max_rank``, ties included, and scores >= t) with at most
+    ``max_gap_windows`` other windows between consecutive ones, so the score is the largest t for
+    which such a chain exists. Calibrating on these scores (:func:`calibrate_threshold`) sets the
+    false-alarm rate of detections per recording, the unit a monitoring service counts, instead of
+    per window: one stray window never makes a detection when ``min_windows`` > 1, so the threshold
+    can sit lower and more versions are found at the same rate of false detections.
+
+    hits_per_window: each window's ranked hits (``ReferenceIndex.search`` rows, best first); an
+    empty list for a window that supports nothing (a silent one). Scores are cohort-normalised first
+    when ``cohort`` > 0, as the monitor does.
+    """
+    for name, value, low in (
+        ("min_windows", min_windows, 1),
+        ("max_gap_windows", max_gap_windows, 0),
+        ("max_rank", max_rank, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low} (got {value!r})")
+    n = len(hits_per_window)
+    per_work: dict[Any, np.ndarray] = {}
+    for i, hits in enumerate(hits_per_window):
+        hits = normalize_hits(hits, cohort)
+        if not hits:
+            continue
+        cut = float(hits[min(max_rank, len(hits)) - 1].score)
+        for h in hits:
+            if float(h.score) < cut:
+                break
+            if work_id is not None and h.work_id != work_id:
+                continue
+            scores = per_work.setdefault(h.work_id, np.full(n, -np.inf))
+            scores[i] = max(scores[i], float(h.score))
+    best = MISS_SCORE
+    for scores in per_work.values():
+        finite = np.isfinite(scores)
+        candidates = np.unique(scores[finite])  # ascending
+        if np.count_nonzero(finite) < min_windows or candidates[-1] <= best:
+            continue
+        # detection at t is monotone (a lower t only adds supporting windows): bisect the candidates
+        lo, hi = -1, candidates.size - 1  # invariant: candidates[lo] detects (lo = -1: unknown)
+        if not _chain_exists(scores >= candidates[0], min_windows, max_gap_windows):
+            continue
+        lo = 0
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if _chain_exists(scores >= candidates[mid], min_windows, max_gap_windows):
+                lo = mid
+            else:
+                hi = mid - 1
+        best = max(best, float(candidates[lo]))
+    return best
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -249,6 +250,18 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
         yield value
 
 
+def _window_scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        scales = ()
+    if not scales or not all(math.isfinite(x) and x > 0 for x in scales) or len(set(scales)) != len(scales):
+        raise argparse.ArgumentTypeError(
+            f"--window-scales must be distinct positive numbers separated by commas (got {text!r})"
+        )
+    return scales
+
+
 def cmd_index_build(args: argparse.Namespace) -> int:
     from csi_runtime import ReferenceIndex
 
@@ -377,6 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
     cli_audio.add_model_args(p)
     p.add_argument(
         "--hop-s", type=float, default=None, help="hop between reference windows, s (default: window/4)"
+    )
+    p.add_argument(
+        "--window-scales",
+        type=_window_scales,
+        default=None,
+        help="reference window lengths as fractions of the model's window, comma-separated "
+        "(default 1,0.7,1.4: covers at another tempo; 1 for the model's window only)",
     )
     p.set_defaults(func=cmd_index_build)
 

@@ -72,6 +72,7 @@ def cmd_index_build_audio(args: argparse.Namespace) -> int:
                 progress.advance,
                 skip_paths=indexed_paths(index) if args.update else None,
                 hop_s=args.hop_s,
+                **({"window_scales": args.window_scales} if args.window_scales else {}),
             )
         finally:
             progress.close()
@@ -138,11 +139,14 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_MIN_WINDOWS = 2  # csi monitor / csi calibrate --per detection
+DEFAULT_MAX_GAP_WINDOWS = 2
+
 # -- calibrate ---------------------------------------------------------------------------------------
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from csi_runtime.calibrate import calibrate_threshold, search_k, window_scores
+    from csi_runtime.calibrate import calibrate_threshold, detection_score, search_k, window_scores
     from csi_runtime.catalog import read_catalog
     from csi_runtime.cli import Progress
     from csi_runtime.index import ReferenceIndex
@@ -159,27 +163,45 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     unknown = sorted({e.work_id for e in positives} - set(index.work_ids()))
     if unknown:
         raise SystemExit(f"csi: positives name works that are not in the index: {', '.join(unknown[:10])}")
+    per_detection = args.per == "detection"
+    min_windows = DEFAULT_MIN_WINDOWS if args.min_windows is None else args.min_windows
+    max_gap = DEFAULT_MAX_GAP_WINDOWS if args.max_gap_windows is None else args.max_gap_windows
     pos_scores: list[float] = []
     neg_scores: list[float] = []
+    windows = {"positive": 0, "negative": 0}
     progress = Progress(len(positives) + len(negatives), "scoring")
     try:
         for entries, is_positive in ((positives, True), (negatives, False)):
+            work = (lambda e: e.work_id) if is_positive else (lambda e: None)
             for entry in entries:
-                segments = embedder.embed_segments(entry.path)
+                segments = embedder.embed_segments(entry.path, window_s=args.window_s, hop_s=args.hop_s)
                 vectors = segments.vectors[~segments.silent]
-                if len(vectors):
-                    hits = index.search(vectors, k=search_k(args.k, args.cohort))
-                    if is_positive:
-                        pos_scores += window_scores(hits, entry.work_id, args.cohort)
-                    else:
-                        neg_scores += window_scores(hits, cohort=args.cohort)
+                found = index.search(vectors, k=search_k(args.k, args.cohort)) if len(vectors) else []
+                windows["positive" if is_positive else "negative"] += len(found)
+                scores = pos_scores if is_positive else neg_scores
+                if per_detection:  # one score per recording; silent windows support nothing
+                    it = iter(found)
+                    hits = [[] if quiet else next(it) for quiet in segments.silent]
+                    scores.append(detection_score(hits, work(entry), args.cohort, min_windows, max_gap))
+                elif found:
+                    scores += window_scores(found, work(entry), args.cohort)
                 progress.advance(1)
     finally:
         progress.close()
-    calibration = calibrate_threshold(np.array(pos_scores), np.array(neg_scores), target_far=args.far)
-    report = {**calibration.to_dict(), "cohort": args.cohort, "model_id": embedder.model_id,
-              "index": str(args.index),
-              "windows": {"positive": len(pos_scores), "negative": len(neg_scores)}}  # fmt: skip
+    if not neg_scores or not pos_scores:
+        raise SystemExit("csi: the positives or the negatives gave no audible window to score")
+    try:
+        calibration = calibrate_threshold(np.array(pos_scores), np.array(neg_scores), target_far=args.far)
+    except ValueError as exc:
+        unit = "negative recordings" if per_detection else "negative windows"
+        raise SystemExit(f"csi: {exc} ({len(neg_scores)} {unit}; give more negatives)") from None
+    report: dict[str, Any] = {**calibration.to_dict(), "per": args.per, "cohort": args.cohort,
+                              "model_id": embedder.model_id, "index": str(args.index),
+                              "window_s": args.window_s or embedder.window_s,
+                              "hop_s": args.hop_s or embedder.hop_s, "windows": windows}  # fmt: skip
+    if per_detection:
+        report.update(min_windows=min_windows, max_gap_windows=max_gap,
+                      recordings={"positive": len(pos_scores), "negative": len(neg_scores)})  # fmt: skip
     text = json.dumps(report, indent=2) + "\n"
     if args.out:
         from csi_runtime.atomic import atomic_write_text
@@ -200,7 +222,9 @@ def _cohort(text: str) -> int:
 
 
 def _threshold(args: argparse.Namespace, model_id: str) -> tuple[float, int]:
-    """(threshold, cohort) from --threshold/--cohort or from a csi calibrate JSON."""
+    """(threshold, cohort) from --threshold/--cohort or from a csi calibrate JSON. A calibration of
+    detections also sets --min-windows, --max-gap-windows, --window-s and --hop-s (its threshold
+    holds for those only: a different value given on the command line is an error)."""
     if args.threshold is not None:  # a raw similarity unless a cohort is given with it
         return float(args.threshold), args.cohort or 0
     if not args.calibration:
@@ -216,6 +240,16 @@ def _threshold(args: argparse.Namespace, model_id: str) -> tuple[float, int]:
             f"csi: {args.calibration} was calibrated with a cohort of {cohort}, not {args.cohort}; "
             "its threshold means nothing for another cohort (recalibrate, or drop --cohort)"
         )
+    if data.get("per") == "detection":
+        for key in ("min_windows", "max_gap_windows", "window_s", "hop_s"):
+            given, calibrated = getattr(args, key), data[key]
+            if given is not None and given != calibrated:
+                flag = "--" + key.replace("_", "-")
+                raise SystemExit(
+                    f"csi: {args.calibration} calibrated detections with {flag} {calibrated}, not {given}; "
+                    f"its threshold holds for those settings only (recalibrate, or drop {flag})"
+                )
+            setattr(args, key, calibrated)
     return float(data["threshold"]), cohort
 
 
@@ -270,7 +304,9 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     channel = args.channel or (Path(args.source).stem if args.source != "-" else "stdin")
     sink = DetectionSink(args.out, plots=not args.no_plots)
     monitor = Monitor(embedder, index, channel=channel, threshold=threshold, k=args.k, cohort=cohort,
-                      min_windows=args.min_windows, max_gap_windows=args.max_gap_windows,
+                      min_windows=DEFAULT_MIN_WINDOWS if args.min_windows is None else args.min_windows,
+                      max_gap_windows=DEFAULT_MAX_GAP_WINDOWS if args.max_gap_windows is None
+                      else args.max_gap_windows,
                       window_s=args.window_s, hop_s=args.hop_s, start_utc=start_utc, sink=sink,
                       metrics=metrics, search_threads=1)  # fmt: skip
     shown = {"n": 0}
@@ -323,10 +359,8 @@ def register(sub: Any, index_sub: Any) -> None:
     p.add_argument("--window-s", type=float, help="window length, s (default: the model's)")
     p.add_argument("--hop-s", type=float, help="hop between windows, s (default: the model's)")
     p.add_argument("-k", type=int, default=10, help="works ranked per window")
-    p.add_argument("--min-windows", type=int, default=2, help="windows a detection needs (default 2)")
-    p.add_argument(
-        "--max-gap-windows", type=int, default=2, help="non-matching windows a detection bridges (default 2)"
-    )
+    p.add_argument("--min-windows", type=int, help="windows a detection needs (default 2)")
+    p.add_argument("--max-gap-windows", type=int, help="non-matching windows a detection bridges (default 2)")
     p.add_argument("--realtime", action="store_true", help="read a file at playback speed")
     p.add_argument("--pcm-rate", type=int, help="stdin PCM: sample rate, Hz")
     p.add_argument("--pcm-channels", type=int, default=1, help="stdin PCM: channels")
@@ -341,8 +375,24 @@ def register(sub: Any, index_sub: Any) -> None:
     p.add_argument("--positives", required=True, help="manifest/folder of versions of works in the index")
     p.add_argument("--negatives", required=True, help="manifest/folder of music NOT in the index")
     p.add_argument(
-        "--far", type=float, default=0.01, help="target false-alarm rate per window (default 0.01)"
+        "--far",
+        type=float,
+        default=0.01,
+        help="target false-alarm rate per window, or per negative recording with --per detection "
+        "(default 0.01)",
     )
+    p.add_argument(
+        "--per",
+        choices=["window", "detection"],
+        default="window",
+        help="window: a threshold on single windows; detection: on the monitor's detections "
+        "(min-windows matching windows), one score per recording, which lets the threshold sit "
+        "lower at the same rate of false detections (cut negatives to the length of a broadcast item)",
+    )
+    p.add_argument("--min-windows", type=int, help="with --per detection: as csi monitor (default 2)")
+    p.add_argument("--max-gap-windows", type=int, help="with --per detection: as csi monitor (default 2)")
+    p.add_argument("--window-s", type=float, help="window length, s (default: the model's)")
+    p.add_argument("--hop-s", type=float, help="hop between windows, s (default: the model's)")
     p.add_argument("-k", type=int, default=10)
     p.add_argument(
         "--cohort",

@@ -3,14 +3,17 @@
 1. **Catalog**: ``n_catalog`` held-out works (the test works of the rendered baseline's split,
    packaged in ``demo_works.npz``); one reference version of each (the original arrangement, up
    to ``REFERENCE_MAX_S``) is rendered with the numpy synthesiser and indexed window by window
-   (a quarter window apart, as ``csi index build`` does).
+   as ``csi index build`` does (a quarter window apart, windows of 0.7, 1 and 1.4 model windows).
 2. **Stream**: a broadcast-like programme at 16 kHz: covers of catalog works (other versions:
    key, tempo, instruments, structure and mix differ) as 20-40 s excerpts, music that is not in
    the catalog, speech-like babble between items, and broadcast degradations
    (``csi_training.render.broadcast``: noise, EQ, MP3 at 64 kbit/s, a speed change, a voice
    talking over the music, a pitch shift, compression). The truth of every item is kept.
-3. **Threshold**: calibrated at a 2 % false-alarm target on a separate set (third versions of
-   the catalog works vs other unknown works), never on the stream's own items.
+3. **Threshold**: calibrated for the monitor's *detections* (``csi calibrate --per detection``:
+   one score per item, :func:`csi_runtime.calibrate.detection_score`) at a 2 % target of false
+   detections per unknown-music item, on a separate set: excerpts of third versions of the
+   catalog works, and unknown works cut into excerpt-long pieces, each framed by talk and
+   degraded as the stream's items are; never the stream's own items.
 4. **Monitor**: ``Monitor`` runs over the stream in 1 s chunks with the ``csi monitor`` defaults;
    its detections are scored against the truth (precision, recall, timing error) and a report
    folder is written (JSON, CSV, PNG plots).
@@ -70,8 +73,9 @@ MUSIC_DBFS = -20.0  # RMS level of music items
 SPEECH_DBFS = -22.0  # RMS level of talk between items
 FADE_S = 0.05  # fade in/out of each item (no clicks at the joins)
 CHUNK_S = 1.0  # the monitor is fed this much audio at a time
-TARGET_FAR = 0.02  # false-alarm target of the calibrated threshold
-CALIBRATION_HOP_S = 5.0  # window hop when scoring the calibration set
+TARGET_FAR = 0.02  # false detections per unknown-music item allowed by the calibrated threshold
+#: versions of each unknown calibration work that are cut into pieces (negatives of the threshold)
+CALIBRATION_UNKNOWN_VERSIONS = (0, 2)
 # window hop of the monitor: a quarter window, like the references, so that a 20-40 s excerpt
 # (which may start anywhere) holds at least MIN_WINDOWS whole windows far more often (12 of the
 # stream's 18 covers at a 5 s hop, 6 at the model's default 10 s)
@@ -202,6 +206,19 @@ def _render(work: Any, version: int, seed: int, max_s: float) -> np.ndarray:
     return render_version(work, params, "synth", SAMPLE_RATE, max_duration_s=max_s, offline=False)
 
 
+def _pieces(x: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """x cut into consecutive excerpt-long pieces (EXCERPT_S); a last piece shorter than the
+    shortest excerpt joins the one before it."""
+    pieces, start = [], 0
+    while start < len(x):
+        n = int(rng.uniform(*EXCERPT_S) * SAMPLE_RATE)
+        if len(x) - (start + n) < EXCERPT_S[0] * SAMPLE_RATE:
+            n = len(x) - start
+        pieces.append(x[start : start + n])
+        start += n
+    return pieces
+
+
 def _excerpt(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     n = min(len(x), int(rng.uniform(*EXCERPT_S) * SAMPLE_RATE))
     start = int(rng.integers(0, len(x) - n + 1))
@@ -290,6 +307,7 @@ def format_summary(metrics: dict[str, Any]) -> str:
     def fmt(v: Any, spec: str = ".3f") -> str:
         return "n/a" if v is None else format(v, spec)
 
+    cal = metrics["calibration"]
     rows = [
         ("catalog works", str(metrics["catalog_works"])),
         (
@@ -300,8 +318,8 @@ def format_summary(metrics: dict[str, Any]) -> str:
         ),
         (
             "threshold",
-            f"{metrics['calibration']['threshold']:.4f} (false alarms {metrics['calibration']['far']:.3f}"
-            f" at target {TARGET_FAR}, misses {metrics['calibration']['frr']:.3f} on calibration windows)",
+            f"{cal['threshold']:.4f} (false detections {cal['far']:.3f} at target {cal['target_far']}, "
+            f"missed versions {cal['frr']:.3f} on the calibration items)",
         ),
         ("detections", f"{metrics['detections']} ({metrics['correct_detections']} correct)"),
         ("precision", fmt(metrics["precision"])),
@@ -449,6 +467,7 @@ def run_demo(
     force: bool = False,
     save_audio: bool = True,
     threads: int | None = None,
+    target_far: float = TARGET_FAR,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Run the demo and write its report under ``out_dir``; returns the metrics (metrics.json).
@@ -457,14 +476,16 @@ def run_demo(
     catalog, each a different work); n_unknown: unknown-music items (default n_catalog // 5, at
     least 2); n_calibration_unknown: unknown works of the calibration set (default: the rest of
     the packaged works, at most max(12, n_catalog)). progress(stage, done, total) is called as
-    the demo goes. Raises FileExistsError for a non-empty out_dir unless force.
+    the demo goes. target_far: false detections allowed per unknown-music item of the calibration
+    set (it needs 1 / target_far such items). Raises FileExistsError for a non-empty out_dir
+    unless force.
     """
     from csi_runtime.calibrate import (
         COHORT_WORKS,
         calibrate_threshold,
+        detection_score,
         min_negatives,
         search_k,
-        window_scores,
     )
     from csi_runtime.catalog import add_recording
     from csi_runtime.embedder import Embedder
@@ -515,33 +536,42 @@ def run_demo(
         report("catalog", i + 1, n_catalog)
     logger.info("catalog: %d works, %d reference windows", n_catalog, len(index))
 
-    # 2. calibration (other versions of catalog works vs other unknown works; not the stream's items)
+    # 2. calibration, of detections (not windows): other versions of catalog works vs unknown works,
+    # cut and framed by talk as the stream's items are (none of them the stream's own items)
     pos_scores: list[float] = []
     neg_scores: list[float] = []
     cal_rng = np.random.default_rng([seed, 1])
-    cal_items = [(w, True) for w in catalog] + [(w, False) for w in cal_unknown]
-    for i, (work, positive) in enumerate(cal_items):
-        version = CALIBRATION_VERSION if positive else int(cal_rng.integers(0, 3))
+    cal_items = [(w, True, CALIBRATION_VERSION) for w in catalog] + [
+        (w, False, v) for w in cal_unknown for v in CALIBRATION_UNKNOWN_VERSIONS
+    ]
+    for i, (work, positive, version) in enumerate(cal_items):
         audio = _render(work, version, seed, VERSION_MAX_S)
-        if positive:
-            audio = _excerpt(audio, cal_rng)
-        audio = degrade(audio, degradations[i % len(degradations)], cal_rng, SAMPLE_RATE, MUSIC_DBFS)
-        segs = embedder.embed_segments(audio, SAMPLE_RATE, hop_s=CALIBRATION_HOP_S)
-        vectors = segs.vectors[~segs.silent]
-        hits = index.search(vectors, k=search_k(1, COHORT_WORKS), threads=1) if len(vectors) else []
-        if positive:
-            pos_scores += window_scores(hits, work.work_id, COHORT_WORKS)
-        else:
-            neg_scores += window_scores(hits, cohort=COHORT_WORKS)
+        items = [_excerpt(audio, cal_rng)] if positive else _pieces(audio, cal_rng)
+        for piece in items:
+            piece = degrade(piece, degradations[i % len(degradations)], cal_rng, SAMPLE_RATE, MUSIC_DBFS)
+            talk = [_babble(cal_rng.uniform(*SPEECH_GAP_S), cal_rng) for _ in range(2)]
+            framed = np.concatenate([talk[0], _fade(piece), talk[1]])
+            segs = embedder.embed_segments(framed, SAMPLE_RATE, hop_s=MONITOR_HOP_S)
+            vectors = segs.vectors[~segs.silent]
+            found = index.search(vectors, k=search_k(1, COHORT_WORKS), threads=1) if len(vectors) else []
+            it = iter(found)
+            hits = [[] if quiet else next(it) for quiet in segs.silent]  # silence supports nothing
+            score = detection_score(
+                hits, work.work_id if positive else None, COHORT_WORKS, MIN_WINDOWS, MAX_GAP_WINDOWS
+            )
+            (pos_scores if positive else neg_scores).append(score)
         report("calibration", i + 1, len(cal_items))
-    if len(neg_scores) < min_negatives(TARGET_FAR):
+    if len(neg_scores) < min_negatives(target_far):
         raise ValueError(
-            f"the calibration set gave {len(neg_scores)} negative windows; a {TARGET_FAR} "
-            f"false-alarm target needs {min_negatives(TARGET_FAR)} (use more unknown works)"
+            f"the calibration set gave {len(neg_scores)} unknown-music items; a {target_far} "
+            f"false-detection target needs {min_negatives(target_far)} (use more unknown works)"
         )
-    calibration = calibrate_threshold(np.array(pos_scores), np.array(neg_scores), target_far=TARGET_FAR)
+    calibration = calibrate_threshold(np.array(pos_scores), np.array(neg_scores), target_far=target_far)
     logger.info(
-        "threshold %.4f (far %.3f, frr %.3f)", calibration.threshold, calibration.far, calibration.frr
+        "threshold %.4f (false detections %.3f, missed versions %.3f)",
+        calibration.threshold,
+        calibration.far,
+        calibration.frr,
     )
 
     # 3. the stream
@@ -661,7 +691,7 @@ def run_demo(
         "catalog_works": n_catalog,
         "reference_windows": len(index),
         "stream_s": round(stream_s, 3),
-        "calibration": {**calibration.to_dict(), "unknown_works": n_cal},
+        "calibration": {**calibration.to_dict(), "per": "detection", "unknown_works": n_cal},
         "monitor": {
             "min_windows": MIN_WINDOWS,
             "max_gap_windows": MAX_GAP_WINDOWS,

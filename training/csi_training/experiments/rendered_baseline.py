@@ -25,6 +25,14 @@ files plus the first N_i extra versions into ``model_b``, ``model_c``, …; step
 stage. More versions per work is what the stage-1 plateau asked for: its training fit and validation
 MAP stopped improving together, and a clique batch draws K versions from all of a work's versions, so
 each step sees more variety at no extra cost per step.
+
+With ``--broadcast-copies N`` a last fine-tuning stage follows: N broadcast-degraded copies of each
+training work (``csi_training.render.degraded_corpus``: a recording under a random chain of 1-3 of
+speed, pitch shift, EQ, compression, talk over, noise, MP3) join the last stage's training files as
+more versions, and the last stage's best checkpoint is fine-tuned on them into ``model_bc``
+(``--broadcast-epochs``, ``--broadcast-lr``). A monitoring service hears versions through such a
+chain; the robustness table (``csi_training.experiments.robustness``) measures the same
+degradations on held-out works.
 """
 
 from __future__ import annotations
@@ -134,6 +142,61 @@ def _extra_manifest(
     ]
     write_manifest(path, read_manifest(train_manifest) + extra)
     return path
+
+
+def _broadcast_stage(
+    args: argparse.Namespace, work_dir: Path, train_manifest: Path, previous: Path
+) -> tuple[Path, dict[str, Any]]:
+    """Degraded copies of ``train_manifest``'s works, and the fine-tuning of ``previous``'s best
+    checkpoint on both (module docstring); returns (model dir, stage record)."""
+    from csi_training.config import load_config
+    from csi_training.data import ManifestEntry, read_manifest, write_manifest
+    from csi_training.render.degraded_corpus import degrade_corpus
+
+    t0 = time.monotonic()
+    copies = degrade_corpus(
+        train_manifest, work_dir / "corpus_bc", args.broadcast_copies, seed=args.seed, workers=args.workers
+    )
+    logger.info("broadcast copies in %s (%.0f s)", copies, time.monotonic() - t0)
+    extra = [
+        ManifestEntry(path=e.path, work_id=e.work_id, version_id=e.version_id) for e in read_manifest(copies)
+    ]
+    manifest = work_dir / "train_manifest_bc.csv"
+    write_manifest(manifest, read_manifest(train_manifest) + extra)
+    model_dir = work_dir / "model_bc"
+    config = load_config(
+        args.config,
+        {
+            "data.manifest": str(manifest),
+            "out_dir": str(model_dir),
+            "data.cache_dir": str(work_dir / "features"),
+            "init_from": str(previous / "best"),
+            "optim.epochs": args.broadcast_epochs,
+            "optim.lr": args.broadcast_lr,
+            "optim.warmup_steps": 100,
+        },
+    )
+    if not args.no_train:
+        _train_to_end(config, model_dir)
+    return model_dir, {
+        "model": model_dir.name,
+        "broadcast_copies": args.broadcast_copies,
+        "epochs": args.broadcast_epochs,
+        "lr": args.broadcast_lr,
+        "seed": args.seed,
+    }
+
+
+def _describe_stage(st: dict[str, Any]) -> str:
+    if "broadcast_copies" in st:
+        return (
+            f" Fine-tuning stage {st['model']}: {st['broadcast_copies']} broadcast-degraded copies of each "
+            f"training work (seed {st['seed']}), {st['epochs']} epochs at lr {st['lr']:g}."
+        )
+    return (
+        f" Fine-tuning stage {st['model']}: {st['extra_versions']} more versions (seed {st['seed']}) of "
+        f"{st['works']} works, {st['epochs']} epochs at lr {st['lr']:g}."
+    )
 
 
 def _per_stage(values: list[Any], stage: int) -> Any:
@@ -267,6 +330,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             {"model": model_dir.name, "works": len(extra_works), "extra_versions": n_versions,
              "epochs": epochs, "lr": lr, "seed": args.extra_seed}
         )  # fmt: skip
+    if args.broadcast_copies:
+        model_dir, stage = _broadcast_stage(args, work_dir, train_i if stages else train_manifest, model_dir)
+        stages.append(stage)
     training_info = json.loads((model_dir / "best" / "config.json").read_text())
 
     emb, work_ids, _, info = embed_manifest(
@@ -347,11 +413,7 @@ def _write_report(path: Path, result: dict[str, Any], args: argparse.Namespace) 
         f"{result['train']['train_files']} files (renderer: {args.renderer}), config `{args.config}`; "
         f"best checkpoint: epoch {result['train']['epoch']} of {result['epochs_planned']} planned"
         + "."
-        + "".join(
-            f" Fine-tuning stage {st['model']}: {st['extra_versions']} more versions (seed {st['seed']}) of "
-            f"{st['works']} works, {st['epochs']} epochs at lr {st['lr']:g}."
-            for st in result.get("stages", [])
-        ),
+        + "".join(_describe_stage(st) for st in result.get("stages", [])),
         "",
         "| system | tracks | MAP | P@10 | MR1 | MRR | Top1 | note |",
         "|---|---|---|---|---|---|---|---|",
@@ -395,6 +457,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra-seed", type=int, default=1, help="seed of the extra versions")
     p.add_argument("--finetune-epochs", type=int, nargs="+", default=[30], help="per stage (or one for all)")
     p.add_argument("--finetune-lr", type=float, nargs="+", default=[5e-4], help="per stage (or one for all)")
+    p.add_argument(
+        "--broadcast-copies",
+        type=int,
+        default=0,
+        help="a last fine-tuning stage on this many broadcast-degraded copies of each training work",
+    )
+    p.add_argument("--broadcast-epochs", type=int, default=15)
+    p.add_argument("--broadcast-lr", type=float, default=3e-4)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)

@@ -140,18 +140,27 @@ def test_monitor_reads_raw_pcm_from_stdin(catalog: dict[str, object], tmp_path: 
     assert missing.returncode != 0 and b"--pcm-rate" in missing.stderr
 
 
-def test_calibrate_picks_a_threshold(catalog: dict[str, object], tmp_path: Path) -> None:
+def calibration_set(
+    catalog: dict[str, object], root: Path, start_s: int, n_negatives: int, seed: int
+) -> None:
+    """root/positives.csv: a 30 s excerpt of each reference from start_s; root/neg: n_negatives
+    other tunes of 30 s."""
     refs: dict[str, np.ndarray] = catalog["refs"]  # type: ignore[assignment]
-    rng = np.random.default_rng(3)
-    (tmp_path / "pos").mkdir()
+    (root / "pos").mkdir()
     rows = ["path,work_id"]
     for work, audio in refs.items():
-        sf.write(tmp_path / "pos" / f"{work}.wav", audio[5 * SR : 35 * SR], SR)
+        sf.write(root / "pos" / f"{work}.wav", audio[start_s * SR : (start_s + 30) * SR], SR)
         rows.append(f"pos/{work}.wav,{work}")
-    (tmp_path / "positives.csv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "neg").mkdir()
-    for i in range(6):  # 12 windows of 20 s: enough for a 10% false-alarm target
-        sf.write(tmp_path / "neg" / f"other{i}.wav", tune(rng, 30.0), SR)
+    (root / "positives.csv").write_text("\n".join(rows) + "\n")
+    (root / "neg").mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n_negatives):
+        sf.write(root / "neg" / f"other{i}.wav", tune(rng, 30.0), SR)
+
+
+def test_calibrate_picks_a_threshold(catalog: dict[str, object], tmp_path: Path) -> None:
+    # 6 negatives give 12 windows of 20 s: enough for a 10% false-alarm target
+    calibration_set(catalog, tmp_path, start_s=5, n_negatives=6, seed=3)
     out = csi("calibrate", "--index", catalog["index"], "--positives", tmp_path / "positives.csv",
               "--negatives", tmp_path / "neg", "--far", "0.1", "--cohort", "2",
               "-o", tmp_path / "cal.json")  # fmt: skip
@@ -175,17 +184,8 @@ def test_calibrate_picks_a_threshold(catalog: dict[str, object], tmp_path: Path)
 
 def test_calibrate_detections_sets_the_monitor(catalog: dict[str, object], tmp_path: Path) -> None:
     """--per detection: one score per recording; csi monitor takes the tracker settings from it."""
-    refs: dict[str, np.ndarray] = catalog["refs"]  # type: ignore[assignment]
-    rng = np.random.default_rng(4)
-    (tmp_path / "pos").mkdir()
-    rows = ["path,work_id"]
-    for work, audio in refs.items():
-        sf.write(tmp_path / "pos" / f"{work}.wav", audio[3 * SR : 33 * SR], SR)
-        rows.append(f"pos/{work}.wav,{work}")
-    (tmp_path / "positives.csv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "neg").mkdir()
-    for i in range(10):  # 10 recordings: enough for a 10% target of false detections
-        sf.write(tmp_path / "neg" / f"other{i}.wav", tune(rng, 30.0), SR)
+    # 10 negative recordings: enough for a 10% target of false detections
+    calibration_set(catalog, tmp_path, start_s=3, n_negatives=10, seed=4)
     out = csi("calibrate", "--index", catalog["index"], "--positives", tmp_path / "positives.csv",
               "--negatives", tmp_path / "neg", "--far", "0.1", "--cohort", "0", "--per", "detection",
               "--hop-s", "5", "--min-windows", "2", "--max-gap-windows", "1",

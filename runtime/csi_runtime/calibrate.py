@@ -33,6 +33,7 @@ __all__ = [
     "COHORT_WORKS",
     "Calibration",
     "calibrate_threshold",
+    "check_tracker_settings",
     "detection_score",
     "is_match",
     "min_negatives",
@@ -117,6 +118,18 @@ def window_scores(
     return scores
 
 
+def check_tracker_settings(min_windows: Any, max_gap_windows: Any, max_rank: Any) -> None:
+    """Raises ValueError unless the detection settings are integers: min_windows >= 1,
+    max_gap_windows >= 0, max_rank >= 1 (``DetectionTracker``, :func:`detection_score`)."""
+    for name, value, low in (
+        ("min_windows", min_windows, 1),
+        ("max_gap_windows", max_gap_windows, 0),
+        ("max_rank", max_rank, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low} (got {value!r})")
+
+
 def _chain_exists(ok: np.ndarray, min_windows: int, max_gap_windows: int) -> bool:
     """Whether ``min_windows`` True entries of ``ok`` [n] follow each other with at most
     ``max_gap_windows`` False entries between consecutive ones."""
@@ -154,13 +167,7 @@ def detection_score(
     empty list for a window that supports nothing (a silent one). Scores are cohort-normalised first
     when ``cohort`` > 0, as the monitor does.
     """
-    for name, value, low in (
-        ("min_windows", min_windows, 1),
-        ("max_gap_windows", max_gap_windows, 0),
-        ("max_rank", max_rank, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low} (got {value!r})")
+    check_tracker_settings(min_windows, max_gap_windows, max_rank)
     n = len(hits_per_window)
     per_work: dict[Any, np.ndarray] = {}
     for i, hits in enumerate(hits_per_window):

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from csi_runtime.calibrate import is_match
+from csi_runtime.calibrate import check_tracker_settings, is_match
 
 __all__ = ["DetectionTracker", "Match"]
 
@@ -109,13 +109,7 @@ class DetectionTracker:
             or not math.isfinite(threshold)
         ):
             raise ValueError(f"threshold must be a finite number (got {threshold!r})")
-        for name, value, low in (
-            ("min_windows", min_windows, 1),
-            ("max_gap_windows", max_gap_windows, 0),
-            ("max_rank", max_rank, 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low} (got {value!r})")
+        check_tracker_settings(min_windows, max_gap_windows, max_rank)
         self.threshold = float(threshold)
         self.min_windows = int(min_windows)
         self.max_gap_windows = int(max_gap_windows)

@@ -149,7 +149,6 @@ def _broadcast_stage(
 ) -> tuple[Path, dict[str, Any]]:
     """Degraded copies of ``train_manifest``'s works, and the fine-tuning of ``previous``'s best
     checkpoint on both (module docstring); returns (model dir, stage record)."""
-    from csi_training.config import load_config
     from csi_training.data import ManifestEntry, read_manifest, write_manifest
     from csi_training.render.degraded_corpus import degrade_corpus
 
@@ -164,20 +163,9 @@ def _broadcast_stage(
     manifest = work_dir / "train_manifest_bc.csv"
     write_manifest(manifest, read_manifest(train_manifest) + extra)
     model_dir = work_dir / "model_bc"
-    config = load_config(
-        args.config,
-        {
-            "data.manifest": str(manifest),
-            "out_dir": str(model_dir),
-            "data.cache_dir": str(work_dir / "features"),
-            "init_from": str(previous / "best"),
-            "optim.epochs": args.broadcast_epochs,
-            "optim.lr": args.broadcast_lr,
-            "optim.warmup_steps": 100,
-        },
+    _train_stage(
+        args, work_dir, manifest, model_dir, previous / "best", args.broadcast_epochs, args.broadcast_lr
     )
-    if not args.no_train:
-        _train_to_end(config, model_dir)
     return model_dir, {
         "model": model_dir.name,
         "broadcast_copies": args.broadcast_copies,
@@ -204,6 +192,34 @@ def _per_stage(values: list[Any], stage: int) -> Any:
     return values[min(stage, len(values) - 1)]
 
 
+def _train_stage(
+    args: argparse.Namespace,
+    work_dir: Path,
+    manifest: Path,
+    model_dir: Path,
+    init_from: Path | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+) -> Any:
+    """Trains ``args.config`` on ``manifest`` into ``model_dir`` (unless ``--no-train``), from
+    scratch or fine-tuning ``init_from`` for ``epochs`` at ``lr``; returns the config."""
+    from csi_training.config import load_config
+
+    overrides: dict[str, Any] = {
+        "data.manifest": str(manifest),
+        "out_dir": str(model_dir),
+        "data.cache_dir": str(work_dir / "features"),
+    }
+    if init_from is not None:
+        overrides.update(
+            {"init_from": str(init_from), "optim.epochs": epochs, "optim.lr": lr, "optim.warmup_steps": 100}
+        )
+    config = load_config(args.config, overrides)
+    if not args.no_train:
+        _train_to_end(config, model_dir)
+    return config
+
+
 def _train_to_end(config: Any, model_dir: Path) -> None:
     from csi_training.trainer import train
 
@@ -215,7 +231,6 @@ def _train_to_end(config: Any, model_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from csi_training.batching import split_works
-    from csi_training.config import load_config
     from csi_training.evaluation import embed_manifest
     from csi_training.metrics import evaluate, evaluate_distances
     from csi_training.render.notes import extract_works, load_note_corpus, save_note_corpus
@@ -286,16 +301,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {"rows": []}
 
     model_dir = work_dir / "model"
-    config = load_config(
-        args.config,
-        {
-            "data.manifest": str(train_manifest),
-            "out_dir": str(model_dir),
-            "data.cache_dir": str(work_dir / "features"),
-        },
-    )
-    if not args.no_train:
-        _train_to_end(config, model_dir)
+    config = _train_stage(args, work_dir, train_manifest, model_dir)
     stages: list[dict[str, Any]] = []
     extra_works = [w for w in all_works if w.work_id not in split.test]
     for i, n_versions in enumerate(args.extra_versions or []):
@@ -312,20 +318,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model_dir = work_dir / f"model_{letter}"
         epochs = _per_stage(args.finetune_epochs, i)
         lr = _per_stage(args.finetune_lr, i)
-        config = load_config(
-            args.config,
-            {
-                "data.manifest": str(train_i),
-                "out_dir": str(model_dir),
-                "data.cache_dir": str(work_dir / "features"),
-                "init_from": str(previous_best),
-                "optim.epochs": epochs,
-                "optim.lr": lr,
-                "optim.warmup_steps": 100,
-            },
-        )
-        if not args.no_train:
-            _train_to_end(config, model_dir)
+        _train_stage(args, work_dir, train_i, model_dir, previous_best, epochs, lr)
         stages.append(
             {"model": model_dir.name, "works": len(extra_works), "extra_versions": n_versions,
              "epochs": epochs, "lr": lr, "seed": args.extra_seed}

@@ -202,3 +202,39 @@ def test_cli_refuses_unknown_finetune_settings(tmp_path: Path) -> None:
                 "stepz=3",
             ]
         )
+
+
+def test_csi_train_runs_a_pretraining_config(tmp_path: Path, rng: np.random.Generator) -> None:
+    """`csi train --config` with `recipe: mart_pretrain` pre-trains (as the driver does, bit for bit),
+    takes --out and --set, and refuses a config without out_dir or with another recipe."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    manifest = _corpus(tmp_path, rng)
+    config = tmp_path / "pretrain.yaml"
+    config.write_text(yaml.safe_dump({"recipe": "mart_pretrain", **_config(manifest, 4)}))
+
+    def csi_train(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "csi_runtime", "train", "--config", str(config), "--no-progress", *extra],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    run = csi_train("--out", str(tmp_path / "cli"), "--set", "optim.steps=2")
+    assert run.returncode == 0, run.stderr
+    assert "checkpoint:" in run.stdout
+    direct = pretrain(pretrain_config_from_dict({**_config(manifest, 2)}), tmp_path / "direct")
+    model_cli, config_cli, _ = load_pretrain_checkpoint(tmp_path / "cli" / "checkpoint")
+    model_direct, _, _ = load_pretrain_checkpoint(tmp_path / "direct" / "checkpoint")
+    assert config_cli.optim.steps == 2 and [r["step"] for r in direct["history"]] == [2]
+    for (name, p), (_, q) in zip(
+        model_cli.state_dict().items(), model_direct.state_dict().items(), strict=True
+    ):
+        assert torch.equal(p, q), name
+
+    no_out = csi_train()
+    assert no_out.returncode != 0 and "MART pre-training needs out_dir (or --out)" in no_out.stderr
+    with pytest.raises(ValueError, match="is not a pre-training recipe"):
+        pretrain_config_from_dict({**_config(manifest, 2), "recipe": "move"})

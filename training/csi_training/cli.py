@@ -32,13 +32,19 @@ def _parse_override(text: str) -> tuple[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     _setup_logging()
-    from csi_training.config import load_config
+    from csi_training.config import ConfigError, config_from_dict, read_config_dict
     from csi_training.trainer import train
 
     overrides = dict(args.set or [])
     if args.out:
         overrides["out_dir"] = args.out
-    config = load_config(args.config, overrides)
+    data = read_config_dict(args.config, overrides)
+    if data.get("recipe") == "mart_pretrain":  # experiments.mart_pretrain.PRETRAIN_RECIPE
+        return _mart_pretrain(data, args)
+    try:
+        config = config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"config {args.config}: {exc}") from exc
     result = train(config, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty())
     if result.best:
         val = result.best.get("val", {})
@@ -47,6 +53,31 @@ def cmd_train(args: argparse.Namespace) -> int:
             + ", ".join(f"{k} {val[k]:.4f}" for k in ("MAP", "P@10", "MR1", "MRR") if k in val)
         )
     print(f"checkpoints: {result.out_dir / 'best'} (best), {result.out_dir / 'last'} (last)")
+    return 0
+
+
+def _mart_pretrain(data: dict[str, Any], args: argparse.Namespace) -> int:
+    """``csi train`` on a ``recipe: mart_pretrain`` config: MART's self-supervised pre-training
+    (``csi_training.experiments.mart_pretrain``), whose checkpoint a ``model.name: mart`` training
+    config then takes as ``init_from``."""
+    from csi_training.config import ConfigError
+    from csi_training.experiments.mart_pretrain import pretrain, pretrain_config_from_dict
+
+    data = dict(data)
+    out_dir = data.pop("out_dir", None)
+    if not out_dir:
+        raise ConfigError(f"config {args.config}: MART pre-training needs out_dir (or --out)")
+    try:
+        config = pretrain_config_from_dict(data)
+    except ValueError as exc:
+        raise ConfigError(f"config {args.config}: {exc}") from exc
+    result = pretrain(config, out_dir, resume=args.resume)
+    last = result["history"][-1] if result["history"] else {}
+    print(
+        f"pre-trained on {result['train_files']} files ({result['val_files']} held out); last evaluation: "
+        + json.dumps(last, default=float)
+    )
+    print(f"checkpoint: {Path(out_dir) / 'checkpoint'} (init_from of a model.name: mart config)")
     return 0
 
 

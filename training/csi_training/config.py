@@ -405,8 +405,9 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML (.yaml/.yml) or TOML (.toml) config; ``overrides`` maps dotted keys to values."""
+def read_config_dict(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A YAML (.yaml/.yml), TOML (.toml) or JSON config file as a dict, with ``overrides`` (dotted
+    keys → values) applied; not validated (:func:`load_config` validates a training config)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -438,6 +439,12 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
             if not isinstance(node, dict):
                 raise ConfigError(f"override {dotted}: {key} is not a section")
         node[leaf] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) config; ``overrides`` maps dotted keys to values."""
+    data = read_config_dict(path, overrides)
     try:
         return config_from_dict(data)
     except ConfigError as exc:

@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 PRETRAIN_FORMAT = "csi-mart-pretrain"
+PRETRAIN_RECIPE = "mart_pretrain"  # ``recipe:`` of a pre-training config: ``csi train`` runs it here
 PRETRAIN_FORMAT_VERSION = 1
 INT16_SCALE = 32767.0
 
@@ -111,10 +112,14 @@ def _plain(cls: type, data: Any, where: str) -> Any:
 
 def pretrain_config_from_dict(data: dict[str, Any]) -> PretrainConfig:
     """Validate a nested dict (PretrainConfig.to_dict, a YAML file); unknown keys are errors."""
-    allowed = {"seed", "threads", "device", "model", "augment", "data", "optim"}
+    allowed = {"recipe", "seed", "threads", "device", "model", "augment", "data", "optim"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ValueError(f"unknown top-level key(s) {', '.join(unknown)}; allowed: {sorted(allowed)}")
+    if data.get("recipe", PRETRAIN_RECIPE) != PRETRAIN_RECIPE:
+        raise ValueError(
+            f"recipe {data['recipe']!r} is not a pre-training recipe (expected {PRETRAIN_RECIPE!r})"
+        )
     config = PretrainConfig(
         seed=int(data.get("seed", 0)),
         threads=data.get("threads"),

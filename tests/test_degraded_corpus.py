@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -61,15 +62,10 @@ def tone(rng: np.random.Generator, seconds: float) -> np.ndarray:
     return (0.2 * np.sin(2 * np.pi * f0 * t) + 0.1 * np.sin(2 * np.pi * 2.5 * f0 * t)).astype(np.float32)
 
 
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="the mp3 degradation needs ffmpeg")
 def test_copies_on_disk_resume_and_a_broken_source(
     tmp_path: Path, rng: np.random.Generator, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from csi_training.render.effects import FFmpegError, find_ffmpeg
-
-    try:
-        find_ffmpeg()
-    except FFmpegError:
-        pytest.skip("ffmpeg is not installed (the mp3 degradation needs it)")
     src = tmp_path / "corpus"
     lines = ["path,work_id,version_id"]
     for w in range(3):

@@ -142,5 +142,13 @@ def test_cli_help() -> None:
     r = subprocess.run([sys.executable, "-m", "csi_runtime", "demo", "--help"], capture_output=True,
                        text=True, env=env, timeout=60)  # fmt: skip
     assert r.returncode == 0, r.stderr
-    for flag in ("--out", "--seed", "--catalog-works", "--force"):
+    for flag in ("--out", "--seed", "--catalog-works", "--force", "--model"):
         assert flag in r.stdout
+
+
+def test_cli_model_option(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run([sys.executable, "-m", "csi_runtime", "demo", "--out", str(tmp_path / "r"),
+                        "--model", str(tmp_path / "missing")], capture_output=True, text=True, env=env,
+                       timeout=120)  # fmt: skip
+    assert r.returncode != 0 and f"csi demo: model bundle {tmp_path / 'missing'} does not exist" in r.stderr

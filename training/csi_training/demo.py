@@ -468,6 +468,7 @@ def run_demo(
     save_audio: bool = True,
     threads: int | None = None,
     target_far: float = TARGET_FAR,
+    model: str | Path | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Run the demo and write its report under ``out_dir``; returns the metrics (metrics.json).
@@ -477,7 +478,9 @@ def run_demo(
     least 2); n_calibration_unknown: unknown works of the calibration set (default: the rest of
     the packaged works, at most max(12, n_catalog)). progress(stage, done, total) is called as
     the demo goes. target_far: false detections allowed per unknown-music item of the calibration
-    set (it needs 1 / target_far such items). Raises FileExistsError for a non-empty out_dir
+    set (it needs 1 / target_far such items). model: a model bundle folder (default: the packaged
+    model); its works must not include the demo's (they are the rendered baseline's test works).
+    Raises FileExistsError for a non-empty out_dir
     unless force.
     """
     from csi_runtime.calibrate import (
@@ -523,7 +526,7 @@ def run_demo(
     catalog = [works[i] for i in order[:n_catalog]]
     unknown = [works[i] for i in order[n_catalog : n_catalog + n_unknown]]
     cal_unknown = [works[i] for i in order[n_catalog + n_unknown : n_catalog + n_unknown + n_cal]]
-    embedder = Embedder(threads=threads)
+    embedder = Embedder(model, threads=threads)
     degradations = _degradation_cycle()
 
     # 1. catalog
@@ -781,6 +784,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             n_catalog=args.catalog_works,
             force=args.force,
             save_audio=not args.no_audio,
+            model=args.model,
             progress=progress,
         )
     except (FileExistsError, NotADirectoryError, ValueError) as exc:
@@ -804,6 +808,7 @@ def register(sub: Any) -> None:
     p.add_argument("--catalog-works", type=int, default=30, help="works in the catalog (default 30)")
     p.add_argument("--force", action="store_true", help="write over the report in a non-empty --out")
     p.add_argument("--no-audio", action="store_true", help="do not save the stream as stream.flac")
+    p.add_argument("--model", help="model bundle folder (csi export; default: the packaged model)")
     p.set_defaults(func=cmd_demo)
 
 

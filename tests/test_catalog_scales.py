@@ -85,3 +85,18 @@ def test_the_cli_option(tmp_path: Path, rng: np.random.Generator) -> None:
     assert len(ReferenceIndex.load(tmp_path / "i.csi")) > n_one
     bad = build("--window-scales", "1,x")
     assert bad.returncode != 0 and b"--window-scales must be distinct positive numbers" in bad.stderr
+
+
+def test_embed_segments_multi_equals_one_length_at_a_time(
+    embedder: Embedder, rng: np.random.Generator
+) -> None:
+    audio = chirps(rng, 33.0)
+    windows = [None, 14.0, 28.0, 6.0]
+    many = embedder.embed_segments_multi(audio, SR, windows, hop_s=4.0)
+    assert len(many) == len(windows)
+    for window_s, got in zip(windows, many, strict=True):
+        one = embedder.embed_segments(audio, SR, window_s=window_s, hop_s=4.0)
+        np.testing.assert_array_equal(got.starts, one.starts)
+        np.testing.assert_array_equal(got.ends, one.ends)
+        np.testing.assert_array_equal(got.silent, one.silent)
+        np.testing.assert_allclose(got.vectors, one.vectors, atol=1e-6)

@@ -38,6 +38,7 @@ __all__ = [
     "CatalogEntry",
     "add_recording",
     "add_to_index",
+    "check_window_scales",
     "read_catalog",
 ]
 
@@ -133,7 +134,8 @@ def indexed_paths(index: ReferenceIndex) -> set[str]:
     return paths
 
 
-def _check_scales(window_scales: Sequence[float]) -> tuple[float, ...]:
+def check_window_scales(window_scales: Sequence[float]) -> tuple[float, ...]:
+    """The scales as floats; ValueError unless they are distinct positive numbers."""
     scales = tuple(float(x) for x in window_scales)
     if not scales or not all(math.isfinite(x) and x > 0 for x in scales) or len(set(scales)) != len(scales):
         raise ValueError(f"window_scales must be distinct positive numbers (got {window_scales!r})")
@@ -158,18 +160,13 @@ def add_recording(
     ``(1.0,)`` for the model's window only). Each window's metadata: ``metadata`` plus its start
     in the recording (start_s) and its length (window_s), in seconds.
     """
-    scales = _check_scales(window_scales)
+    scales = check_window_scales(window_scales)
     hop = hop_s if hop_s is not None else embedder.window_s * REFERENCE_HOP_FRACTION
-    if isinstance(audio, (str, os.PathLike)):
-        from csi_runtime.audio import load_audio
-
-        # decoded once for all the scales; silence is judged per window below
-        audio = load_audio(audio, embedder.sample_rate, silence_peak_dbfs=None)
-        sample_rate = embedder.sample_rate
+    windows_s = [embedder.window_s * scale for scale in scales]
     added = 0
-    for scale in scales:
-        window_s = embedder.window_s * scale
-        segments = embedder.embed_segments(audio, sample_rate, window_s=window_s, hop_s=hop)
+    for window_s, segments in zip(
+        windows_s, embedder.embed_segments_multi(audio, sample_rate, windows_s, hop)
+    ):
         keep = np.flatnonzero(~segments.silent)
         if len(keep):
             meta = [

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -251,15 +250,14 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _window_scales(text: str) -> tuple[float, ...]:
+    from csi_runtime.catalog import check_window_scales
+
     try:
-        scales = tuple(float(x) for x in text.split(","))
+        return check_window_scales([float(x) for x in text.split(",")])
     except ValueError:
-        scales = ()
-    if not scales or not all(math.isfinite(x) and x > 0 for x in scales) or len(set(scales)) != len(scales):
         raise argparse.ArgumentTypeError(
             f"--window-scales must be distinct positive numbers separated by commas (got {text!r})"
-        )
-    return scales
+        ) from None
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:

@@ -217,6 +217,17 @@ class Embedder:
         the whole track; a final window aligned to the end covers a remainder. Silent windows (peak
         below csi_runtime.audio.SILENCE_PEAK_DBFS) get all-zero vectors and silent=True.
         """
+        return self.embed_segments_multi(audio, sample_rate, [window_s], hop_s)[0]
+
+    def embed_segments_multi(
+        self,
+        audio: Any,
+        sample_rate: int | None,
+        windows_s: Sequence[float | None],
+        hop_s: float | None = None,
+    ) -> list[Segments]:
+        """:meth:`embed_segments` for several window lengths (None: the bundle's) from one decoding
+        and one frontend pass: one ``Segments`` per length, in order."""
         if isinstance(audio, (str, os.PathLike)):
             samples = self._load(audio, None)
         else:
@@ -225,11 +236,13 @@ class Embedder:
             samples = self._prepare(audio, sample_rate)
         if len(samples) < self.min_samples:
             self._check_usable(samples, "audio")
-        window, hop = self.window_frames(window_s), self.hop_frames(hop_s)
+        windows, hop = [self.window_frames(w) for w in windows_s], self.hop_frames(hop_s)
         feats = self.frames_valid(self.bundle.pad_for_file(samples))
         peaks = frame_peaks(samples, self.hop_samples, feats.shape[1])
-        starts = window_starts(feats.shape[1], window, hop, self.min_frames)
-        return self.encode_windows(feats, peaks, starts, window, offset_frames=0)
+        return [
+            self.encode_windows(feats, peaks, window_starts(feats.shape[1], w, hop, self.min_frames), w, 0)
+            for w in windows
+        ]
 
     # ----------------------------------------------------------------------------- shared helpers
 

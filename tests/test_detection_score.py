@@ -96,3 +96,15 @@ def test_bad_parameters(kwargs: dict, message: str) -> None:
     windows = [[Hit("a", 0.5, {}), Hit("b", 0.1, {})]]
     with pytest.raises(ValueError, match=message):
         detection_score(windows, **kwargs)
+
+
+def test_spread_over_windows() -> None:
+    from csi_runtime.calibrate import spread_over_windows
+
+    a, b = [Hit("a", 0.5, {})], [Hit("b", 0.4, {})]
+    assert spread_over_windows([a, b], [False, True, False, True]) == [a, [], b, []]
+    assert spread_over_windows([], np.ones(3, bool)) == [[], [], []]
+    with pytest.raises(ValueError, match="2 hit lists for 1 audible windows"):
+        spread_over_windows([a, b], [False, True])
+    with pytest.raises(ValueError, match="1 hit lists for 2 audible windows"):
+        spread_over_windows([a], [False, False])

@@ -39,6 +39,7 @@ __all__ = [
     "min_negatives",
     "normalize_hits",
     "search_k",
+    "spread_over_windows",
     "window_scores",
 ]
 
@@ -116,6 +117,17 @@ def window_scores(
         else:
             scores.append(float(top.score))
     return scores
+
+
+def spread_over_windows(hits: Sequence[Sequence[Any]], silent: Any) -> list[Sequence[Any]]:
+    """The ranked hits of a recording's audible windows (``index.search`` of them, in order) spread
+    over all its windows (``silent`` bool [S]): an empty list for each silent window, as the monitor
+    feeds them to its tracker. The input of :func:`detection_score`."""
+    quiet = np.asarray(silent, bool)
+    if len(hits) != np.count_nonzero(~quiet):
+        raise ValueError(f"{len(hits)} hit lists for {np.count_nonzero(~quiet)} audible windows")
+    found = iter(hits)
+    return [[] if q else next(found) for q in quiet]
 
 
 def check_tracker_settings(min_windows: Any, max_gap_windows: Any, max_rank: Any) -> None:

@@ -146,7 +146,13 @@ DEFAULT_MAX_GAP_WINDOWS = 2
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from csi_runtime.calibrate import calibrate_threshold, detection_score, search_k, window_scores
+    from csi_runtime.calibrate import (
+        calibrate_threshold,
+        detection_score,
+        search_k,
+        spread_over_windows,
+        window_scores,
+    )
     from csi_runtime.catalog import read_catalog
     from csi_runtime.cli import Progress
     from csi_runtime.index import ReferenceIndex
@@ -180,8 +186,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 windows["positive" if is_positive else "negative"] += len(found)
                 scores = pos_scores if is_positive else neg_scores
                 if per_detection:  # one score per recording; silent windows support nothing
-                    it = iter(found)
-                    hits = [[] if quiet else next(it) for quiet in segments.silent]
+                    hits = spread_over_windows(found, segments.silent)
                     scores.append(detection_score(hits, work(entry), args.cohort, min_windows, max_gap))
                 elif found:
                     scores += window_scores(found, work(entry), args.cohort)

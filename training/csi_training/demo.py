@@ -489,6 +489,7 @@ def run_demo(
         detection_score,
         min_negatives,
         search_k,
+        spread_over_windows,
     )
     from csi_runtime.catalog import add_recording
     from csi_runtime.embedder import Embedder
@@ -557,10 +558,12 @@ def run_demo(
             segs = embedder.embed_segments(framed, SAMPLE_RATE, hop_s=MONITOR_HOP_S)
             vectors = segs.vectors[~segs.silent]
             found = index.search(vectors, k=search_k(1, COHORT_WORKS), threads=1) if len(vectors) else []
-            it = iter(found)
-            hits = [[] if quiet else next(it) for quiet in segs.silent]  # silence supports nothing
             score = detection_score(
-                hits, work.work_id if positive else None, COHORT_WORKS, MIN_WINDOWS, MAX_GAP_WINDOWS
+                spread_over_windows(found, segs.silent),
+                work.work_id if positive else None,
+                COHORT_WORKS,
+                MIN_WINDOWS,
+                MAX_GAP_WINDOWS,
             )
             (pos_scores if positive else neg_scores).append(score)
         report("calibration", i + 1, len(cal_items))

@@ -23,6 +23,7 @@ sf = pytest.importorskip("soundfile")
 pytest.importorskip("onnxruntime")
 
 from csi_runtime import Embedder, ReferenceIndex, StreamingEmbedder  # noqa: E402
+from csi_runtime.catalog import REFERENCE_WINDOW_SCALES  # noqa: E402
 from csi_runtime.monitor import Monitor  # noqa: E402
 
 from conftest import SMOKE, record  # noqa: E402
@@ -31,7 +32,8 @@ SR = 16000
 FILE_S = 60.0 if SMOKE else 600.0
 STREAM_S = 120.0 if SMOKE else 1200.0
 INDEX_WORKS = 2_000 if SMOKE else 100_000
-WINDOWS_PER_WORK = 4
+# reference windows per work: 4 positions × the catalog's window lengths (csi index build's default)
+WINDOWS_PER_WORK = 4 * len(REFERENCE_WINDOW_SCALES)
 
 
 def _music(seconds: float, seed: int) -> np.ndarray:

@@ -149,7 +149,7 @@ def _broadcast_stage(
 ) -> tuple[Path, dict[str, Any]]:
     """Degraded copies of ``train_manifest``'s works, and the fine-tuning of ``previous``'s best
     checkpoint on both (module docstring); returns (model dir, stage record)."""
-    from csi_training.data import ManifestEntry, read_manifest, write_manifest
+    from csi_training.data import read_manifest, write_manifest
     from csi_training.render.degraded_corpus import degrade_corpus
 
     t0 = time.monotonic()
@@ -157,11 +157,8 @@ def _broadcast_stage(
         train_manifest, work_dir / "corpus_bc", args.broadcast_copies, seed=args.seed, workers=args.workers
     )
     logger.info("broadcast copies in %s (%.0f s)", copies, time.monotonic() - t0)
-    extra = [
-        ManifestEntry(path=e.path, work_id=e.work_id, version_id=e.version_id) for e in read_manifest(copies)
-    ]
     manifest = work_dir / "train_manifest_bc.csv"
-    write_manifest(manifest, read_manifest(train_manifest) + extra)
+    write_manifest(manifest, read_manifest(train_manifest) + read_manifest(copies))
     model_dir = work_dir / "model_bc"
     _train_stage(
         args, work_dir, manifest, model_dir, previous / "best", args.broadcast_epochs, args.broadcast_lr
@@ -383,7 +380,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "train": {
             k: training_info.get(k) for k in ("train_works", "train_files", "val_works", "epoch", "step")
         },
-        "epochs_planned": config.optim.epochs,
+        "epochs_planned": stages[-1]["epochs"] if stages else config.optim.epochs,  # of the last stage
         "stages": stages,
         "model": str(model_dir / "best"),
         "config": str(args.config),

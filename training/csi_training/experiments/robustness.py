@@ -11,7 +11,7 @@
 2. **Catalog**: one reference per catalog work, the work as written (version 0 of
    ``make_versions``), full length (up to ``--max-recording-s``), indexed window by window through
    ``csi_runtime.catalog.add_recording`` exactly as ``csi index build`` does (a quarter window
-   apart, float16 vectors, inner product).
+   apart, windows of 0.7, 1 and 1.4 model windows, float16 vectors, inner product).
 3. **Threshold**: ``csi_runtime.calibrate`` at a TARGET_FAR false-alarm target, on windows of a
    disjoint set: excerpts of a third version of each catalog work (positives) and versions of the
    calibration unknowns (negatives), both under the broadcast degradations in turn.
@@ -376,7 +376,7 @@ def run_robustness(
     cohort: of the monitor's normalised window score (None: ``COHORT_WORKS``, as ``csi calibrate``).
     """
     from csi_runtime.calibrate import COHORT_WORKS, calibrate_threshold, min_negatives, window_scores
-    from csi_runtime.catalog import REFERENCE_HOP_FRACTION, add_recording
+    from csi_runtime.catalog import REFERENCE_HOP_FRACTION, REFERENCE_WINDOW_SCALES, add_recording
     from csi_runtime.embedder import Embedder
     from csi_runtime.index import ReferenceIndex
     from csi_training.render.broadcast import degrade
@@ -522,6 +522,7 @@ def run_robustness(
         "catalog": {
             "windows": len(index),
             "reference_hop_s": hop,
+            "reference_window_s": [round(embedder.window_s * x, 3) for x in REFERENCE_WINDOW_SCALES],
             "mean_reference_s": round(float(np.mean(reference_s)), 2) if reference_s else None,
             "dtype": "float16",
         },
@@ -555,7 +556,13 @@ def format_markdown(results: dict[str, Any], command: str) -> str:
         f"every {results['hop_s']:g} s). Held-out works: {w['held_out']} (the rendered baseline's test "
         f"works): {w['catalog']} in the catalog (one full-length reference each, up to "
         f"{results['max_recording_s']:g} s, mean {_fmt(results['catalog']['mean_reference_s'], '.1f')} s; "
-        f"{results['catalog']['windows']} windows every {results['catalog']['reference_hop_s']:g} s), "
+        f"{results['catalog']['windows']} windows"
+        + (
+            " of " + ", ".join(f"{x:g}" for x in sorted(results["catalog"]["reference_window_s"])) + " s"
+            if results["catalog"].get("reference_window_s")
+            else ""
+        )
+        + f" every {results['catalog']['reference_hop_s']:g} s), "
         f"{w['calibration_unknown']} unknown works for calibration, {w['evaluation_unknown']} other "
         "unknown works for the false-detection rates.",
         "",

@@ -85,6 +85,14 @@ def test_the_cli_option(tmp_path: Path, rng: np.random.Generator) -> None:
     assert len(ReferenceIndex.load(tmp_path / "i.csi")) > n_one
     bad = build("--window-scales", "1,x")
     assert bad.returncode != 0 and b"--window-scales must be distinct positive numbers" in bad.stderr
+    np.save(tmp_path / "v.npy", np.eye(2, 8, dtype=np.float32))
+    (tmp_path / "w.txt").write_text("a\nb\n")
+    vectors = subprocess.run(
+        [sys.executable, "-m", "csi_runtime", "index", "build", "--vectors", str(tmp_path / "v.npy"),
+         "--works", str(tmp_path / "w.txt"), "-o", str(tmp_path / "v.csi"), "--window-scales", "1,0.5"],
+        capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert vectors.returncode != 0 and b"--vectors are embedded already" in vectors.stderr
 
 
 def test_embed_segments_multi_equals_one_length_at_a_time(

@@ -275,6 +275,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         raise SystemExit(
             "csi: --vectors builds a new index; audio sources, --update and --remove use the model"
         )
+    if args.window_scales or args.hop_s is not None:
+        raise SystemExit("csi: --window-scales and --hop-s window audio; --vectors are embedded already")
     if not args.works:
         raise SystemExit("csi: --vectors needs --works (one work id per line)")
     out = Path(args.out)

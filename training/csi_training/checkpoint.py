@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from csi_runtime.atomic import atomic_write_text, fsync_dir
+from csi_runtime.atomic import atomic_dir, atomic_write_text
 from csi_training.config import TrainConfig, config_diff, config_from_dict, config_to_dict
 from csi_training.models.encoder import Encoder, build_encoder
 
@@ -85,19 +82,16 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint folder atomically (replacing an existing one only once complete)."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
-    try:
+    with atomic_dir(directory) as tmp:
         weights = {
             f"backbone.{k}": v.detach().cpu().contiguous() for k, v in encoder.backbone.state_dict().items()
         }
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-        frontend_config = encoder.frontend.config.to_dict()
         header = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "config": config_to_dict(config),
-            "frontend": frontend_config,
+            "frontend": encoder.frontend.config.to_dict(),
             "embedding_dim": encoder.backbone.embedding_dim,
             "sample_rate": encoder.sample_rate,
             "torch_version": torch.__version__,
@@ -107,17 +101,6 @@ def save_checkpoint(
         _write_json(tmp / "metrics.json", metrics)
         if train_state is not None:
             torch.save(train_state, tmp / "train_state.pt")
-        old = directory.with_name(f".{directory.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if directory.exists():
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-        fsync_dir(directory.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
@@ -147,6 +130,43 @@ def read_header(directory: str | Path) -> dict[str, Any]:
     return header
 
 
+def _load_weights(
+    weights_file: Path, missing_message: str, map_location: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; CheckpointError (``missing_message`` when it is absent)."""
+    try:
+        return load_file(str(weights_file), device=str(map_location))
+    except FileNotFoundError:
+        raise CheckpointError(missing_message) from None
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"{weights_file} is damaged or not a safetensors file: {exc}") from exc
+
+
+def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], prefix: str = "") -> str:
+    """What keeps ``found`` from loading into a module whose state dict is ``expected``: missing,
+    unexpected and wrongly shaped tensors (at most 8 named each, shown with ``prefix``); "" if none."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(found) if expected[k].shape != found[k].shape)
+
+    def names(keys: list[str]) -> str:
+        return ", ".join(prefix + k for k in keys[:8]) + (" …" if len(keys) > 8 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing {names(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {names(unexpected)}")
+    if wrong_shape:
+        parts.append(
+            "wrong shape "
+            + ", ".join(
+                f"{prefix}{k} {tuple(found[k].shape)}≠{tuple(expected[k].shape)}" for k in wrong_shape[:8]
+            )
+        )
+    return "; ".join(parts)
+
+
 def load_backbone_weights(
     directory: str | Path, backbone: torch.nn.Module, map_location: str | torch.device = "cpu"
 ) -> None:
@@ -154,31 +174,12 @@ def load_backbone_weights(
     wrongly shaped weights are refused with their names."""
     directory = Path(directory)
     weights_file = directory / "model.safetensors"
-    try:
-        weights = load_file(str(weights_file), device=str(map_location))
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {directory} has no model.safetensors") from None
-    except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise CheckpointError(f"{weights_file} is damaged or not a safetensors file: {exc}") from exc
+    weights = _load_weights(weights_file, f"checkpoint {directory} has no model.safetensors", map_location)
     expected = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong_shape = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
-    if missing or unexpected or wrong_shape:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:8])}{' …' if len(unexpected) > 8 else ''}")
-        if wrong_shape:
-            parts.append(
-                "wrong shape "
-                + ", ".join(
-                    f"{k} {tuple(weights[k].shape)}≠{tuple(expected[k].shape)}" for k in wrong_shape[:8]
-                )
-            )
+    problems = _mismatch(expected, weights)
+    if problems:
         raise CheckpointError(
-            f"weights in {weights_file} do not fit the model its config describes: {'; '.join(parts)}"
+            f"weights in {weights_file} do not fit the model its config describes: {problems}"
         )
     backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in weights.items()})
 
@@ -317,39 +318,12 @@ def init_from_mart_pretrain(
     if differing:
         raise CheckpointError(f"{where}: " + "; ".join(differing))
 
-    weights_file = directory / "model.safetensors"
-    try:
-        weights = load_file(str(weights_file))
-    except FileNotFoundError:
-        raise CheckpointError(f"{where}: no model.safetensors") from None
-    except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise CheckpointError(f"{weights_file} is damaged or not a safetensors file: {exc}") from exc
+    weights = _load_weights(directory / "model.safetensors", f"{where}: no model.safetensors")
     prefix = "encoder."
     found = {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
-    target = backbone.encoder.state_dict()
-    missing = sorted(set(target) - set(found))
-    unexpected = sorted(set(found) - set(target))
-    wrong_shape = sorted(k for k in set(target) & set(found) if target[k].shape != found[k].shape)
-    if missing or unexpected or wrong_shape:
-        parts = []
-        if missing:
-            parts.append(
-                "missing " + ", ".join(prefix + k for k in missing[:8]) + (" …" if len(missing) > 8 else "")
-            )
-        if unexpected:
-            parts.append(
-                "unexpected "
-                + ", ".join(prefix + k for k in unexpected[:8])
-                + (" …" if len(unexpected) > 8 else "")
-            )
-        if wrong_shape:
-            parts.append(
-                "wrong shape "
-                + ", ".join(
-                    f"{prefix}{k} {tuple(found[k].shape)}≠{tuple(target[k].shape)}" for k in wrong_shape[:8]
-                )
-            )
-        raise CheckpointError(f"{where}: its encoder weights do not fit model.encoder: {'; '.join(parts)}")
+    problems = _mismatch(backbone.encoder.state_dict(), found, prefix)
+    if problems:
+        raise CheckpointError(f"{where}: its encoder weights do not fit model.encoder: {problems}")
     backbone.encoder.load_state_dict(found)
     logger.info("MART encoder (%d tensors) loaded from %s; CQTNet starts fresh", len(found), directory)
     return header

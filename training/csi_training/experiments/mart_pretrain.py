@@ -22,9 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from csi_runtime.atomic import atomic_write_text, fsync_dir
+from csi_runtime.atomic import atomic_dir, atomic_write_text
 from csi_training.clmr_augment import ClmrAugment, ClmrConfig
 from csi_training.losses.hierarchical import hierarchical_contrastive_loss
 from csi_training.models.mart import MartConfig, MartPretrainModel
@@ -205,10 +202,7 @@ def _save(
     metrics: dict[str, Any],
     state: dict[str, Any],
 ) -> None:
-    target = out / "checkpoint"
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".checkpoint.tmp-"))
-    try:
+    with atomic_dir(out / "checkpoint") as tmp:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": PRETRAIN_FORMAT})
         header = {
@@ -219,17 +213,6 @@ def _save(
         atomic_write_text(tmp / "config.json", json.dumps(header, indent=2) + "\n")
         atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=2, default=float) + "\n")
         torch.save(state, tmp / "train_state.pt")
-        old = out / ".checkpoint.old"
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-        fsync_dir(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_pretrain_checkpoint(

@@ -16,12 +16,8 @@ import pytest
 sf = pytest.importorskip("soundfile")
 
 from csi_training.data import read_manifest  # noqa: E402
-from csi_training.render.degraded_corpus import (  # noqa: E402
-    CHAIN_LENGTH,
-    CHAIN_ORDER,
-    degrade_corpus,
-    plan_copies,
-)
+from csi_training.render.broadcast import CHAIN_LENGTH, CHAIN_ORDER  # noqa: E402
+from csi_training.render.degraded_corpus import degrade_corpus, plan_copies  # noqa: E402
 
 SR = 16000
 

@@ -51,12 +51,13 @@ from typing import Any
 
 import numpy as np
 
-from csi_training.render.broadcast import DEGRADATIONS
+from csi_training.render.broadcast import CHAIN_LENGTH, CHAIN_ORDER, DEGRADATIONS
 
 logger = logging.getLogger("csi_training.experiments.robustness")
 
 __all__ = [
     "BROADCAST_CONDITIONS",
+    "CHAIN_ORDER",
     "CONDITIONS",
     "EXCERPT_CONDITIONS",
     "FACTOR_FIELDS",
@@ -80,7 +81,6 @@ UNKNOWN_SHARE = 0.2  # of the works: calibration unknowns, and as many evaluatio
 MIN_UNKNOWN_WORKS = 2
 DONOR_VERSIONS = 8  # versions 1..7 are tried, in order, as the source of a factor's values
 REFERENCE_VERSION, COVER_VERSION, CALIBRATION_VERSION = 0, 1, 2
-CHAIN_LENGTH = (1, 3)  # degradations chained on a "broadcast 20 s" excerpt (uniform, inclusive)
 MUSIC_DBFS = -20.0  # level of every query and calibration item (RMS)
 DEFAULT_NOTES = "data/rendered_baseline_notes.npz"
 
@@ -108,8 +108,6 @@ IDENTITY_FIELDS = ("work_id", "version_index", "seed", "original")
 
 #: broadcast conditions: the cover, clean and under each degradation
 BROADCAST_CONDITIONS = DEGRADATIONS
-#: degradations a "broadcast 20 s" excerpt may chain, in the order a broadcast chain applies them
-CHAIN_ORDER = ("speed", "pitch", "eq", "compression", "voice_over", "noise", "mp3")
 #: excerpt conditions: (name, seconds, degraded)
 EXCERPT_CONDITIONS = (("excerpt 10 s", 10.0, False), ("excerpt 20 s", 20.0, False),
                       ("excerpt 30 s", 30.0, False), ("broadcast 20 s", 20.0, True))  # fmt: skip
@@ -180,7 +178,7 @@ def query_audio(
 ) -> dict[str, tuple[np.ndarray, str]]:
     """The query of each condition (CONDITIONS names) for one work: {name: (float32 [n] at
     SAMPLE_RATE, description)}. A factor no donor version changes is left out."""
-    from csi_training.render.broadcast import degrade
+    from csi_training.render.broadcast import degrade, degrade_chain, random_chain
     from csi_training.render.versions import make_versions
 
     wanted = {name for name, _ in CONDITIONS} if conditions is None else set(conditions)
@@ -216,11 +214,9 @@ def query_audio(
         x = _excerpt(cover, seconds, rng)
         description = "clean"
         if degraded:
-            n_chain = int(rng.integers(CHAIN_LENGTH[0], CHAIN_LENGTH[1] + 1))
-            chain = sorted(rng.choice(len(CHAIN_ORDER), n_chain, replace=False))
-            for i in chain:
-                x = degrade(x, CHAIN_ORDER[i], rng, SAMPLE_RATE, MUSIC_DBFS)
-            description = "+".join(CHAIN_ORDER[i] for i in chain)
+            chain = random_chain(rng)
+            x = degrade_chain(x, chain, rng, SAMPLE_RATE, MUSIC_DBFS)
+            description = "+".join(chain)
         else:
             x = degrade(x, "clean", rng, SAMPLE_RATE, MUSIC_DBFS)
         out[name] = (x, description)

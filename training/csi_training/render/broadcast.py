@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from fractions import Fraction
 
 import numpy as np
@@ -31,6 +32,8 @@ from scipy import signal
 from csi_training.render import effects
 
 __all__ = [
+    "CHAIN_LENGTH",
+    "CHAIN_ORDER",
     "COMPRESSION_CONTROL_PERIOD_S",
     "DEGRADATIONS",
     "MUSIC_DBFS",
@@ -38,8 +41,10 @@ __all__ = [
     "compress",
     "compressor_gain_db",
     "degrade",
+    "degrade_chain",
     "mp3",
     "pitch_shift",
+    "random_chain",
     "resample_ratio",
     "speed_change",
     "time_stretch",
@@ -49,6 +54,9 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000  # Hz, the default model's rate
 MUSIC_DBFS = -20.0  # RMS level every degraded item is returned at
+#: degradations a broadcast chain (:func:`random_chain`) draws from, in the order a broadcast applies them
+CHAIN_ORDER = ("speed", "pitch", "eq", "compression", "voice_over", "noise", "mp3")
+CHAIN_LENGTH = (1, 3)  # degradations in a chain (uniform, inclusive)
 
 #: the broadcast degradations :func:`degrade` knows
 DEGRADATIONS = (
@@ -359,3 +367,22 @@ def degrade(
             np.float32
         )
     return _normalize(y, level_dbfs)
+
+
+def random_chain(rng: np.random.Generator) -> tuple[str, ...]:
+    """A random broadcast chain: CHAIN_LENGTH distinct degradations of CHAIN_ORDER, in that order."""
+    n = int(rng.integers(CHAIN_LENGTH[0], CHAIN_LENGTH[1] + 1))
+    return tuple(CHAIN_ORDER[i] for i in sorted(rng.choice(len(CHAIN_ORDER), n, replace=False)))
+
+
+def degrade_chain(
+    x: np.ndarray,
+    chain: Sequence[str],
+    rng: np.random.Generator,
+    sample_rate: int = SAMPLE_RATE,
+    level_dbfs: float = MUSIC_DBFS,
+) -> np.ndarray:
+    """x under each degradation of ``chain`` in turn (:func:`degrade`, settings drawn from rng)."""
+    for kind in chain:
+        x = degrade(x, kind, rng, sample_rate, level_dbfs)
+    return x

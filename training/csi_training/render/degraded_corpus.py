@@ -26,14 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CHAIN_LENGTH", "CHAIN_ORDER", "DegradedCopy", "degrade_corpus", "plan_copies"]
+from csi_training.render.broadcast import degrade_chain, random_chain
+
+__all__ = ["DegradedCopy", "degrade_corpus", "plan_copies"]
 
 logger = logging.getLogger(__name__)
-
-#: degradations a copy chains, in the order a broadcast applies them
-CHAIN_ORDER = ("speed", "pitch", "eq", "compression", "voice_over", "noise", "mp3")
-CHAIN_LENGTH = (1, 3)  # degradations per copy (uniform, inclusive)
-MUSIC_DBFS = -20.0  # RMS level of every copy
 
 
 @dataclass(frozen=True)
@@ -69,8 +66,7 @@ def plan_copies(rows: Sequence[dict[str, str]], copies_per_work: int, seed: int 
             copy_seed = _stable_seed(seed, work_id, k)
             rng = np.random.default_rng(copy_seed)
             src = recordings[int(rng.integers(len(recordings)))]
-            n = int(rng.integers(CHAIN_LENGTH[0], CHAIN_LENGTH[1] + 1))
-            chain = tuple(CHAIN_ORDER[i] for i in sorted(rng.choice(len(CHAIN_ORDER), n, replace=False)))
+            chain = random_chain(rng)
             version = f"{src.get('version_id') or Path(src['path']).stem}+bc{k}"
             folder = hashlib.sha1(work_id.encode()).hexdigest()[:12]
             plan.append(
@@ -86,7 +82,6 @@ def _make(args: tuple[DegradedCopy, str, str, int]) -> tuple[str, str | None]:
     import soundfile as sf
 
     from csi_runtime.atomic import atomic_open
-    from csi_training.render.broadcast import degrade
 
     copy, source_root, out_root, sample_rate = args
     out = Path(out_root) / copy.path
@@ -101,8 +96,7 @@ def _make(args: tuple[DegradedCopy, str, str, int]) -> tuple[str, str | None]:
             raise ValueError(f"sample rate {sr} Hz, expected {sample_rate}")
         y = x.mean(axis=1)
         rng = np.random.default_rng([copy.seed, 1])
-        for kind in copy.chain:
-            y = degrade(y, kind, rng, sample_rate, MUSIC_DBFS)
+        y = degrade_chain(y, copy.chain, rng, sample_rate)
         y = np.clip(y, -1.0, 1.0)
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(out, "wb") as fh:

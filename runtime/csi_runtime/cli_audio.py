@@ -142,6 +142,15 @@ def cmd_identify(args: argparse.Namespace) -> int:
 DEFAULT_MIN_WINDOWS = 2  # csi monitor / csi calibrate --per detection
 DEFAULT_MAX_GAP_WINDOWS = 2
 
+
+def _tracker_settings(args: argparse.Namespace) -> tuple[int, int]:
+    """(min_windows, max_gap_windows): the options given, else the defaults."""
+    return (
+        DEFAULT_MIN_WINDOWS if args.min_windows is None else args.min_windows,
+        DEFAULT_MAX_GAP_WINDOWS if args.max_gap_windows is None else args.max_gap_windows,
+    )
+
+
 # -- calibrate ---------------------------------------------------------------------------------------
 
 
@@ -170,16 +179,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"csi: positives name works that are not in the index: {', '.join(unknown[:10])}")
     per_detection = args.per == "detection"
-    min_windows = DEFAULT_MIN_WINDOWS if args.min_windows is None else args.min_windows
-    max_gap = DEFAULT_MAX_GAP_WINDOWS if args.max_gap_windows is None else args.max_gap_windows
+    min_windows, max_gap = _tracker_settings(args)
     pos_scores: list[float] = []
     neg_scores: list[float] = []
     windows = {"positive": 0, "negative": 0}
     progress = Progress(len(positives) + len(negatives), "scoring")
     try:
         for entries, is_positive in ((positives, True), (negatives, False)):
-            work = (lambda e: e.work_id) if is_positive else (lambda e: None)
             for entry in entries:
+                work = entry.work_id if is_positive else None
                 segments = embedder.embed_segments(entry.path, window_s=args.window_s, hop_s=args.hop_s)
                 vectors = segments.vectors[~segments.silent]
                 found = index.search(vectors, k=search_k(args.k, args.cohort)) if len(vectors) else []
@@ -187,9 +195,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 scores = pos_scores if is_positive else neg_scores
                 if per_detection:  # one score per recording; silent windows support nothing
                     hits = spread_over_windows(found, segments.silent)
-                    scores.append(detection_score(hits, work(entry), args.cohort, min_windows, max_gap))
+                    scores.append(detection_score(hits, work, args.cohort, min_windows, max_gap))
                 elif found:
-                    scores += window_scores(found, work(entry), args.cohort)
+                    scores += window_scores(found, work, args.cohort)
                 progress.advance(1)
     finally:
         progress.close()
@@ -290,6 +298,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     embedder = _embedder(args)
     index = ReferenceIndex.load(args.index, mmap=True)
     threshold, cohort = _threshold(args, embedder.model_id)
+    min_windows, max_gap = _tracker_settings(args)
     metrics = None
     if args.metrics_port:
         from csi_runtime.metrics import MonitorMetrics, start_http_server
@@ -309,9 +318,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     channel = args.channel or (Path(args.source).stem if args.source != "-" else "stdin")
     sink = DetectionSink(args.out, plots=not args.no_plots)
     monitor = Monitor(embedder, index, channel=channel, threshold=threshold, k=args.k, cohort=cohort,
-                      min_windows=DEFAULT_MIN_WINDOWS if args.min_windows is None else args.min_windows,
-                      max_gap_windows=DEFAULT_MAX_GAP_WINDOWS if args.max_gap_windows is None
-                      else args.max_gap_windows,
+                      min_windows=min_windows, max_gap_windows=max_gap,
                       window_s=args.window_s, hop_s=args.hop_s, start_utc=start_utc, sink=sink,
                       metrics=metrics, search_threads=1)  # fmt: skip
     shown = {"n": 0}

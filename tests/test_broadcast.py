@@ -11,6 +11,7 @@ import pytest
 from csi_training.render import broadcast, effects
 
 SR = 16000
+needs_ffmpeg = pytest.mark.skipif(effects.shutil.which("ffmpeg") is None, reason="ffmpeg not on PATH")
 
 
 def _spectrum(y: np.ndarray, sr: int = SR) -> tuple[np.ndarray, np.ndarray]:
@@ -186,9 +187,8 @@ def test_compressor_rejects_bad_settings() -> None:
 # --------------------------------------------------------------------------------- MP3
 
 
+@needs_ffmpeg
 def test_mp3_round_trip_is_real_and_aligned(rng: np.random.Generator) -> None:
-    if effects.shutil.which("ffmpeg") is None:
-        pytest.skip("ffmpeg not on PATH")
     x = _chord([float(rng.uniform(200, 800)), float(rng.uniform(900, 1500))], 1.5)
     y = broadcast.mp3(x, SR)
     assert y.shape == x.shape and y.dtype == np.float32
@@ -205,10 +205,10 @@ def test_mp3_without_ffmpeg_names_it(monkeypatch: pytest.MonkeyPatch, rng: np.ra
 # --------------------------------------------------------------------------------- degrade
 
 
-@pytest.mark.parametrize("kind", broadcast.DEGRADATIONS)
+@pytest.mark.parametrize(
+    "kind", [pytest.param(k, marks=needs_ffmpeg) if k == "mp3" else k for k in broadcast.DEGRADATIONS]
+)
 def test_degrade_each_kind(kind: str, seed: int) -> None:
-    if kind == "mp3" and effects.shutil.which("ffmpeg") is None:
-        pytest.skip("ffmpeg not on PATH")
     x = (_chord([220.0, 330.0, 440.0], 2.0) * np.linspace(0.2, 1.0, 2 * SR)).astype(np.float32)
     y = broadcast.degrade(x, kind, np.random.default_rng(seed))
     assert y.dtype == np.float32 and np.all(np.isfinite(y))

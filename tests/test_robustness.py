@@ -171,9 +171,8 @@ def test_held_out_works_are_the_baseline_test_works() -> None:
         rb.held_out_works(NOTES, 0)
 
 
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not on PATH (the mp3 condition)")
 def test_tiny_run_writes_its_report(exported_bundle: tuple[Path, Path], tmp_path: Path) -> None:
-    if shutil.which("ffmpeg") is None:
-        pytest.skip("ffmpeg not on PATH (the mp3 condition)")
     conditions = ["factor: key", "cover: clean", "cover: mp3", "excerpt 10 s", "broadcast 20 s"]
     seen: list[rb.QueryOutcome] = []
     results = rb.run_robustness(

@@ -158,6 +158,16 @@ def calibration_set(
         sf.write(root / "neg" / f"other{i}.wav", tune(rng, 30.0), SR)
 
 
+def monitored_works(catalog: dict[str, object], calibration: Path, out_dir: Path) -> list[str]:
+    """The works csi monitor --calibration reports in the catalog's stream, in order."""
+    stream = Path(catalog["root"]) / "stream.wav"  # type: ignore[arg-type]
+    run = csi("monitor", stream, "--index", catalog["index"], "--out", out_dir, "--calibration", calibration,
+              "--no-plots", "--channel", "tv")  # fmt: skip
+    assert run.returncode == 0, run.stderr.decode()
+    lines = next(out_dir.rglob("*.jsonl")).read_text().splitlines()
+    return [json.loads(line)["work_id"] for line in lines]
+
+
 def test_calibrate_picks_a_threshold(catalog: dict[str, object], tmp_path: Path) -> None:
     # 6 negatives give 12 windows of 20 s: enough for a 10% false-alarm target
     calibration_set(catalog, tmp_path, start_s=5, n_negatives=6, seed=3)
@@ -200,18 +210,55 @@ def test_calibrate_detections_sets_the_monitor(catalog: dict[str, object], tmp_p
     run = csi("monitor", stream, "--index", catalog["index"], "--out", tmp_path / "m",
               "--calibration", tmp_path / "cal.json", "--hop-s", "10", "--no-plots")  # fmt: skip
     assert run.returncode != 0 and b"calibrated detections with --hop-s 5.0, not 10.0" in run.stderr
-    run = csi("monitor", stream, "--index", catalog["index"], "--out", tmp_path / "m",
-              "--calibration", tmp_path / "cal.json", "--no-plots", "--channel", "tv")  # fmt: skip
-    assert run.returncode == 0, run.stderr.decode()
-    detections = [
-        json.loads(line) for line in next((tmp_path / "m").rglob("*.jsonl")).read_text().splitlines()
-    ]
-    assert [d["work_id"] for d in detections] == ["work2", "work0"]
+    assert monitored_works(catalog, tmp_path / "cal.json", tmp_path / "m") == ["work2", "work0"]
     # too few negatives for the target: a clear error, not a threshold that promises nothing
     few = csi("calibrate", "--index", catalog["index"], "--positives", tmp_path / "positives.csv",
               "--negatives", tmp_path / "neg", "--far", "0.05", "--cohort", "0",
               "--per", "detection")  # fmt: skip
     assert few.returncode != 0 and b"10 negative recordings; give more negatives" in few.stderr
+
+
+def test_calibrate_and_monitor_with_impostors(catalog: dict[str, object], tmp_path: Path) -> None:
+    """--impostors: the packaged bundle's impostor set normalises the scores; the calibration names
+    the set, csi monitor applies it, and a model or index without it is refused by name."""
+    calibration_set(catalog, tmp_path, start_s=3, n_negatives=10, seed=5)
+    out = csi("calibrate", "--index", catalog["index"], "--positives", tmp_path / "positives.csv",
+              "--negatives", tmp_path / "neg", "--far", "0.1", "--per", "detection", "--impostors",
+              "--hop-s", "5", "-o", tmp_path / "cal.json")  # fmt: skip
+    assert out.returncode == 0, out.stderr.decode()
+    cal = json.loads((tmp_path / "cal.json").read_text())
+    manifest = json.loads((default_bundle_path() / "model.json").read_text())
+    assert cal["impostors"] == manifest["files"]["impostors.npy"] and cal["cohort"] == 0
+    assert cal["frr"] == 0.0 and cal["far"] <= 0.1  # exact excerpts are detected
+    stream = Path(catalog["root"]) / "stream.wav"  # type: ignore[arg-type]
+    assert monitored_works(catalog, tmp_path / "cal.json", tmp_path / "m") == ["work2", "work0"]
+    # the same model without its impostor set
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(default_bundle_path(), bare)
+    del manifest["impostors"], manifest["files"]["impostors.npy"]
+    (bare / "model.json").write_text(json.dumps(manifest))
+    (bare / "impostors.npy").unlink()
+    run = csi("monitor", stream, "--index", catalog["index"], "--out", tmp_path / "m2", "--model", bare,
+              "--calibration", tmp_path / "cal.json", "--no-plots")  # fmt: skip
+    assert run.returncode != 0 and b"which model" in run.stderr and b"does not have" in run.stderr
+    run = csi("calibrate", "--index", catalog["index"], "--positives", tmp_path / "positives.csv",
+              "--negatives", tmp_path / "neg", "--impostors", "--model", bare)  # fmt: skip
+    assert run.returncode != 0 and b"has no impostor set" in run.stderr
+    # an index built without impostor means (another bundle's build)
+    no_means = tmp_path / "no_means.csi"
+    built = csi("index", "build", Path(catalog["root"]) / "catalog", "-o", no_means, "--model", bare)  # type: ignore[arg-type]
+    assert built.returncode == 0, built.stderr.decode()
+    run = csi("monitor", stream, "--index", no_means, "--out", tmp_path / "m3",
+              "--calibration", tmp_path / "cal.json", "--no-plots")  # fmt: skip
+    assert run.returncode != 0 and b"built without impostor means" in run.stderr
+    # a calibration without impostors cannot be used with --impostors
+    plain = dict(cal, impostors=None)
+    (tmp_path / "plain.json").write_text(json.dumps(plain))
+    run = csi("monitor", stream, "--index", catalog["index"], "--out", tmp_path / "m4", "--impostors",
+              "--calibration", tmp_path / "plain.json", "--no-plots")  # fmt: skip
+    assert run.returncode != 0 and b"calibrated without impostors" in run.stderr
 
 
 def test_index_of_another_model_is_refused(catalog: dict[str, object], tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from csi_runtime.embedder import default_bundle_path
 from csi_training.demo import DEMO_WORKS_PATH, StreamItem, build_demo_works, run_demo, score_detections
 from csi_training.render.notes import load_note_corpus
 
@@ -43,6 +44,10 @@ def test_report_files_exist(tiny_report: tuple[Path, dict]) -> None:
     if metrics["similarity_pair"] is not None:
         assert (out / "similarity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert bool(list((out / "monitor").glob("detections-demo-*.jsonl"))) == (metrics["detections"] > 0)
+    # the packaged bundle has an impostor set: calibration and monitor normalise with it
+    manifest = json.loads((default_bundle_path() / "model.json").read_text())
+    assert metrics["calibration"]["impostors"] == manifest["files"]["impostors.npy"]
+    assert metrics["calibration"]["cohort"] == 0
 
 
 def test_truth_is_a_consistent_programme(tiny_report: tuple[Path, dict]) -> None:
@@ -142,7 +147,7 @@ def test_cli_help() -> None:
     r = subprocess.run([sys.executable, "-m", "csi_runtime", "demo", "--help"], capture_output=True,
                        text=True, env=env, timeout=60)  # fmt: skip
     assert r.returncode == 0, r.stderr
-    for flag in ("--out", "--seed", "--catalog-works", "--force", "--model"):
+    for flag in ("--out", "--seed", "--catalog-works", "--force", "--model", "--no-impostors"):
         assert flag in r.stdout
 
 

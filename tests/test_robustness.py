@@ -211,6 +211,9 @@ def test_tiny_run_writes_its_report(exported_bundle: tuple[Path, Path], tmp_path
     assert not list((tmp_path / "out").glob("*.tmp*"))  # atomic writes leave no temporaries
     with pytest.raises(ValueError, match="unknown conditions"):
         rb.run_robustness(exported_bundle[1], NOTES, 10, conditions=["factor: colour"], progress=False)
+    with pytest.raises(ValueError, match="has no impostor set"):  # the exported bundle has none
+        rb.run_robustness(exported_bundle[1], NOTES, 10, impostors=True, progress=False)
+    assert results["calibration"]["impostors"] is None and results["calibration"]["cohort"] == 4
 
 
 def test_cli_refuses_bad_arguments(tmp_path: Path) -> None:

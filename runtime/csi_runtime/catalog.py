@@ -11,8 +11,9 @@ window apart by default), so a 20 s excerpt from anywhere in a broadcast matches
 reference it comes from; the index ranks works by their best window. Windows come in several
 lengths (``REFERENCE_WINDOW_SCALES`` of the model's window): a cover played at another tempo
 holds in one query window the material of a longer or shorter stretch of the reference. Metadata
-of each window: the entry's metadata plus path, version_id, the window's start in the recording
-and its length.
+of each window: the entry's metadata plus path, version_id, the window's start in the recording,
+its length and, when the model bundle has an impostor set, its impostor mean
+(``csi_runtime.impostors.META_KEY``, for impostor-normalised scores).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from csi_runtime.embedder import Embedder
+from csi_runtime.impostors import META_KEY as IMPOSTOR_META_KEY
 from csi_runtime.index import ReferenceIndex
 
 __all__ = [
@@ -151,6 +153,7 @@ def add_recording(
     metadata: dict[str, Any] | None = None,
     hop_s: float | None = None,
     window_scales: Sequence[float] = REFERENCE_WINDOW_SCALES,
+    impostors: Any = "bundle",
 ) -> int:
     """Add the non-silent windows of one reference recording (a path/URL, or a waveform with its
     sample_rate) to ``index`` under ``work_id``; returns how many windows were added.
@@ -158,9 +161,13 @@ def add_recording(
     hop_s: hop between reference windows (default: REFERENCE_HOP_FRACTION of the model's window).
     window_scales: window lengths as fractions of the model's window (REFERENCE_WINDOW_SCALES;
     ``(1.0,)`` for the model's window only). Each window's metadata: ``metadata`` plus its start
-    in the recording (start_s) and its length (window_s), in seconds.
+    in the recording (start_s) and its length (window_s), in seconds, and its impostor mean
+    (``impostor_mean``) when ``impostors`` is an ``ImpostorSet`` ("bundle": the embedder's, if its
+    bundle has one; None: none).
     """
     scales = check_window_scales(window_scales)
+    if isinstance(impostors, str) and impostors == "bundle":
+        impostors = embedder.impostors
     hop = hop_s if hop_s is not None else embedder.window_s * REFERENCE_HOP_FRACTION
     windows_s = [embedder.window_s * scale for scale in scales]
     added = 0
@@ -177,6 +184,9 @@ def add_recording(
                 }
                 for i in keep
             ]
+            if impostors is not None:
+                for m, mean in zip(meta, impostors.means(segments.vectors[keep])):
+                    m[IMPOSTOR_META_KEY] = round(float(mean), 6)
             index.add(segments.vectors[keep], [work_id] * len(keep), meta)
             added += len(keep)
     return added

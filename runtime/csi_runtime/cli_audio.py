@@ -156,6 +156,7 @@ def _tracker_settings(args: argparse.Namespace) -> tuple[int, int]:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from csi_runtime.calibrate import (
+        COHORT_WORKS,
         calibrate_threshold,
         detection_score,
         search_k,
@@ -169,6 +170,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     embedder = _embedder(args)
     index = ReferenceIndex.load(args.index, mmap=True)
     index.check_model(embedder.model_id, embedder.dim)
+    impostors = _impostors(args.impostors, embedder, index, args.index)
+    if args.cohort is None:  # impostor-normalised scores measured best without a cohort on top
+        args.cohort = 0 if impostors is not None else COHORT_WORKS
     if args.cohort and index.num_works < args.cohort + 1:
         raise SystemExit(
             f"csi: a cohort of {args.cohort} works needs an index of at least {args.cohort + 1} works "
@@ -191,6 +195,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 segments = embedder.embed_segments(entry.path, window_s=args.window_s, hop_s=args.hop_s)
                 vectors = segments.vectors[~segments.silent]
                 found = index.search(vectors, k=search_k(args.k, args.cohort)) if len(vectors) else []
+                if impostors is not None and found:
+                    found = impostors.normalize(found, impostors.means(vectors))
                 windows["positive" if is_positive else "negative"] += len(found)
                 scores = pos_scores if is_positive else neg_scores
                 if per_detection:  # one score per recording; silent windows support nothing
@@ -209,6 +215,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         unit = "negative recordings" if per_detection else "negative windows"
         raise SystemExit(f"csi: {exc} ({len(neg_scores)} {unit}; give more negatives)") from None
     report: dict[str, Any] = {**calibration.to_dict(), "per": args.per, "cohort": args.cohort,
+                              "impostors": None if impostors is None else impostors.sha256,
                               "model_id": embedder.model_id, "index": str(args.index),
                               "window_s": args.window_s or embedder.window_s,
                               "hop_s": args.hop_s or embedder.hop_s, "windows": windows}  # fmt: skip
@@ -224,6 +231,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _impostors(wanted: bool, embedder: Any, index: Any, index_path: str) -> Any:
+    """The bundle's impostor set when ``wanted`` (checked usable with the index), else None."""
+    if not wanted:
+        return None
+    from csi_runtime.impostors import ImpostorError, check_index_has_means
+
+    impostors = embedder.impostors
+    if impostors is None:
+        raise SystemExit(
+            f"csi: model {embedder.model_id} has no impostor set (add one with "
+            "python -m csi_training.impostor_set --bundle DIR --manifest TRAIN.csv)"
+        )
+    try:
+        check_index_has_means(index, index_path)
+    except ImpostorError as exc:
+        raise SystemExit(f"csi: {exc}") from None
+    return impostors
+
+
 def _cohort(text: str) -> int:
     try:
         value = int(text)
@@ -234,12 +260,14 @@ def _cohort(text: str) -> int:
     return value
 
 
-def _threshold(args: argparse.Namespace, model_id: str) -> tuple[float, int]:
-    """(threshold, cohort) from --threshold/--cohort or from a csi calibrate JSON. A calibration of
-    detections also sets --min-windows, --max-gap-windows, --window-s and --hop-s (its threshold
-    holds for those only: a different value given on the command line is an error)."""
-    if args.threshold is not None:  # a raw similarity unless a cohort is given with it
-        return float(args.threshold), args.cohort or 0
+def _threshold(args: argparse.Namespace, embedder: Any) -> tuple[float, int, bool]:
+    """(threshold, cohort, impostors) from --threshold/--cohort/--impostors or from a csi calibrate
+    JSON. A calibration of detections also sets --min-windows, --max-gap-windows, --window-s and
+    --hop-s (its threshold holds for those only: a different value given on the command line is an
+    error); one made with impostors needs the same impostor set."""
+    model_id = embedder.model_id
+    if args.threshold is not None:  # a raw similarity unless a cohort or impostors are given with it
+        return float(args.threshold), args.cohort or 0, bool(args.impostors)
     if not args.calibration:
         raise SystemExit("csi: give --threshold T or --calibration FILE (from csi calibrate)")
     data = json.loads(Path(args.calibration).read_text())
@@ -263,7 +291,20 @@ def _threshold(args: argparse.Namespace, model_id: str) -> tuple[float, int]:
                     f"its threshold holds for those settings only (recalibrate, or drop {flag})"
                 )
             setattr(args, key, calibrated)
-    return float(data["threshold"]), cohort
+    sha = data.get("impostors")  # the sha256 of the impostor set it was calibrated with, or None
+    if args.impostors and sha is None:
+        raise SystemExit(
+            f"csi: {args.calibration} was calibrated without impostors; recalibrate with --impostors "
+            "(or drop --impostors)"
+        )
+    if sha is not None:
+        own = embedder.impostors
+        if own is None or own.sha256 != sha:
+            raise SystemExit(
+                f"csi: {args.calibration} was calibrated with impostor set {str(sha)[:16]}…, which "
+                f"model {model_id} {'does not have' if own is None else 'no longer has'}; recalibrate"
+            )
+    return float(data["threshold"]), cohort, sha is not None
 
 
 # -- monitor -----------------------------------------------------------------------------------------
@@ -297,7 +338,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     embedder = _embedder(args)
     index = ReferenceIndex.load(args.index, mmap=True)
-    threshold, cohort = _threshold(args, embedder.model_id)
+    threshold, cohort, use_impostors = _threshold(args, embedder)
+    impostors = _impostors(use_impostors, embedder, index, args.index)
     min_windows, max_gap = _tracker_settings(args)
     metrics = None
     if args.metrics_port:
@@ -318,6 +360,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     channel = args.channel or (Path(args.source).stem if args.source != "-" else "stdin")
     sink = DetectionSink(args.out, plots=not args.no_plots)
     monitor = Monitor(embedder, index, channel=channel, threshold=threshold, k=args.k, cohort=cohort,
+                      impostors=impostors,
                       min_windows=min_windows, max_gap_windows=max_gap,
                       window_s=args.window_s, hop_s=args.hop_s, start_utc=start_utc, sink=sink,
                       metrics=metrics, search_threads=1)  # fmt: skip
@@ -367,6 +410,11 @@ def register(sub: Any, index_sub: Any) -> None:
         type=_cohort,
         help="cohort of the normalised score (default: the calibration's; with --threshold, 0: raw)",
     )
+    p.add_argument(
+        "--impostors",
+        action="store_true",
+        help="impostor-normalised scores (the bundle's impostor set; default: as calibrated)",
+    )
     p.add_argument("--start-utc", help="UTC time of the source's first sample (default: now)")
     p.add_argument("--window-s", type=float, help="window length, s (default: the model's)")
     p.add_argument("--hop-s", type=float, help="hop between windows, s (default: the model's)")
@@ -409,8 +457,14 @@ def register(sub: Any, index_sub: Any) -> None:
     p.add_argument(
         "--cohort",
         type=_cohort,
-        default=4,
-        help="score = similarity minus the mean of the next COHORT works' (default 4; 0: raw similarity)",
+        default=None,
+        help="score minus the mean of the next COHORT works' (default 4, with --impostors 0; 0: none)",
+    )
+    p.add_argument(
+        "--impostors",
+        action="store_true",
+        help="normalise scores with the model bundle's impostor set (csi_runtime.impostors); the "
+        "index must have been built from the same bundle",
     )
     p.add_argument("-o", "--out", help="write the calibration JSON here")
     add_model_args(p)

@@ -128,6 +128,15 @@ class Embedder:
         return str(self._backend.name)
 
     @property
+    def impostors(self) -> Any:
+        """The bundle's :class:`csi_runtime.impostors.ImpostorSet` (read on first use), or None."""
+        if not hasattr(self, "_impostors"):
+            from csi_runtime.impostors import load_impostors
+
+            self._impostors = load_impostors(self.bundle)
+        return self._impostors
+
+    @property
     def device(self) -> str:
         return str(self._backend.device)
 

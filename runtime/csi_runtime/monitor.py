@@ -99,6 +99,10 @@ class Monitor:
         cohort: 0 for raw similarities, or the cohort of cohort-normalised scores
             (:func:`csi_runtime.calibrate.normalize_hits`); the threshold must have been
             calibrated with the same cohort. The index needs at least cohort + 1 works.
+        impostors: an :class:`csi_runtime.impostors.ImpostorSet` (usually ``embedder.impostors``)
+            for impostor-normalised scores, or None. The threshold must have been calibrated with
+            it (``csi calibrate --impostors``) and the index built with it (each window's
+            metadata holds its impostor mean). Applied before the cohort normalisation.
         window_s, hop_s: windows of the StreamingEmbedder (None: the model's defaults).
         start_utc: UTC time of stream second 0 (aware datetime, ISO string or POSIX seconds;
             None: now). Chunks that carry ``wall_utc`` re-anchor the clock when it drifts by more
@@ -130,6 +134,7 @@ class Monitor:
         max_gap_windows: int = 1,
         max_rank: int = 1,
         cohort: int = 0,
+        impostors: Any = None,
         window_s: float | None = None,
         hop_s: float | None = None,
         start_utc: datetime | str | float | None = None,
@@ -161,6 +166,13 @@ class Monitor:
                 f"a cohort of {self.cohort} works needs an index of at least {self.cohort + 1} works "
                 f"(this one has {index.num_works})"
             )
+        if impostors is not None:
+            from csi_runtime.impostors import check_index_has_means
+
+            if impostors.dim != int(index.dim):
+                raise ValueError(f"the impostor set is {impostors.dim}-d, the index {index.dim}-d")
+            check_index_has_means(index)
+        self.impostors = impostors
         if not (math.isfinite(clock_tolerance_s) and clock_tolerance_s >= 0):
             raise ValueError(f"clock_tolerance_s must be finite and >= 0 (got {clock_tolerance_s})")
         if embedder is not None:
@@ -423,10 +435,14 @@ class Monitor:
         self._position_s = t
         return out
 
-    def _scores(self, hits: list[Any]) -> list[Any]:
+    def _scores(self, ranked: list[list[Any]], queries: np.ndarray) -> list[list[Any]]:
+        """Each window's hits as similarities, impostor- then cohort-normalised, cut to k."""
         if self.index.metric == "l2":
-            hits = [h._replace(score=1.0 - 0.5 * h.score) for h in hits]
-        return normalize_hits(hits, self.cohort)[: self.k]
+            ranked = [[h._replace(score=1.0 - 0.5 * h.score) for h in hits] for hits in ranked]
+        if self.impostors is not None:
+            means = self.impostors.means(queries, threads=self._search_threads)
+            ranked = self.impostors.normalize(ranked, means)
+        return [normalize_hits(hits, self.cohort)[: self.k] for hits in ranked]
 
     def _rank_and_track(self, segments: list[Any]) -> list[Detection]:
         if not segments:
@@ -449,16 +465,15 @@ class Monitor:
                 rows.append(v)
         ranked: list[list[Any]] = []
         if rows:
-            ranked = self.index.search(
-                np.stack(rows).astype(np.float32, copy=False),
-                self._search_k,
-                device=self._search_device,
-                threads=self._search_threads,
+            queries = np.stack(rows).astype(np.float32, copy=False)
+            found = self.index.search(
+                queries, self._search_k, device=self._search_device, threads=self._search_threads
             )
+            ranked = self._scores(found, queries)
         it = iter(ranked)
         matches: list[Match] = []
         for s, quiet in zip(segments, silent):
-            hits = [] if quiet else self._scores(next(it))
+            hits = [] if quiet else next(it)
             matches += self._tracker.update(float(s.start_s), float(s.end_s), hits, silent=quiet)
         detections = self._emit(matches)  # maps their times: before the clock forgets them
         if self.metrics is not None:

@@ -13,7 +13,9 @@
    one score per item, :func:`csi_runtime.calibrate.detection_score`) at a 2 % target of false
    detections per unknown-music item, on a separate set: excerpts of third versions of the
    catalog works, and unknown works cut into excerpt-long pieces, each framed by talk and
-   degraded as the stream's items are; never the stream's own items.
+   degraded as the stream's items are; never the stream's own items. Window scores are
+   impostor-normalised with the bundle's impostor set (``csi_runtime.impostors``; windows of
+   training works) when it has one, else normalised by the catalog cohort (``--no-impostors``).
 4. **Monitor**: ``Monitor`` runs over the stream in 1 s chunks with the ``csi monitor`` defaults;
    its detections are scored against the truth (precision, recall, timing error) and a report
    folder is written (JSON, CSV, PNG plots).
@@ -81,6 +83,7 @@ CALIBRATION_UNKNOWN_VERSIONS = (0, 2)
 # stream's 18 covers at a 5 s hop, 6 at the model's default 10 s)
 MONITOR_HOP_S = 5.0
 SIMILARITY_HOP_S = 2.5  # window hop of the similarity-matrix plot
+SEARCH_K = 10  # works ranked per window (the csi monitor default)
 MIN_WINDOWS = 2  # the csi monitor defaults
 MAX_GAP_WINDOWS = 2
 START_UTC = "2026-01-01T00:00:00Z"  # stream second 0 (a fixed date: the report is reproducible)
@@ -469,6 +472,7 @@ def run_demo(
     threads: int | None = None,
     target_far: float = TARGET_FAR,
     model: str | Path | None = None,
+    impostors: bool | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Run the demo and write its report under ``out_dir``; returns the metrics (metrics.json).
@@ -480,6 +484,8 @@ def run_demo(
     the demo goes. target_far: false detections allowed per unknown-music item of the calibration
     set (it needs 1 / target_far such items). model: a model bundle folder (default: the packaged
     model); its works must not include the demo's (they are the rendered baseline's test works).
+    impostors: impostor-normalised scores (``csi_runtime.impostors``; None: when the bundle has an
+    impostor set), else scores normalised by the catalog cohort (``COHORT_WORKS``).
     Raises FileExistsError for a non-empty out_dir
     unless force.
     """
@@ -529,6 +535,11 @@ def run_demo(
     cal_unknown = [works[i] for i in order[n_catalog + n_unknown : n_catalog + n_unknown + n_cal]]
     embedder = Embedder(model, threads=threads)
     degradations = _degradation_cycle()
+    # scores: impostor-normalised (csi_runtime.impostors), else normalised by the catalog cohort
+    impostor_set = embedder.impostors if impostors is not False else None
+    if impostors and impostor_set is None:
+        raise ValueError(f"model {embedder.model_id} has no impostor set (csi_training.impostor_set)")
+    cohort = 0 if impostor_set is not None else COHORT_WORKS
 
     # 1. catalog
     index = ReferenceIndex(embedder.dim, model_id=embedder.model_id)
@@ -557,11 +568,13 @@ def run_demo(
             framed = np.concatenate([talk[0], _fade(piece), talk[1]])
             segs = embedder.embed_segments(framed, SAMPLE_RATE, hop_s=MONITOR_HOP_S)
             vectors = segs.vectors[~segs.silent]
-            found = index.search(vectors, k=search_k(1, COHORT_WORKS), threads=1) if len(vectors) else []
+            found = index.search(vectors, k=search_k(SEARCH_K, cohort), threads=1) if len(vectors) else []
+            if impostor_set is not None and found:
+                found = impostor_set.normalize(found, impostor_set.means(vectors, threads=1))
             score = detection_score(
                 spread_over_windows(found, segs.silent),
                 work.work_id if positive else None,
-                COHORT_WORKS,
+                cohort,
                 MIN_WINDOWS,
                 MAX_GAP_WINDOWS,
             )
@@ -620,7 +633,9 @@ def run_demo(
         index,
         channel=CHANNEL,
         threshold=calibration.threshold,
-        cohort=COHORT_WORKS,
+        k=SEARCH_K,
+        cohort=cohort,
+        impostors=impostor_set,
         hop_s=MONITOR_HOP_S,
         min_windows=MIN_WINDOWS,
         max_gap_windows=MAX_GAP_WINDOWS,
@@ -697,7 +712,13 @@ def run_demo(
         "catalog_works": n_catalog,
         "reference_windows": len(index),
         "stream_s": round(stream_s, 3),
-        "calibration": {**calibration.to_dict(), "per": "detection", "unknown_works": n_cal},
+        "calibration": {
+            **calibration.to_dict(),
+            "per": "detection",
+            "unknown_works": n_cal,
+            "cohort": cohort,
+            "impostors": None if impostor_set is None else impostor_set.sha256,
+        },
         "monitor": {
             "min_windows": MIN_WINDOWS,
             "max_gap_windows": MAX_GAP_WINDOWS,
@@ -788,6 +809,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             force=args.force,
             save_audio=not args.no_audio,
             model=args.model,
+            impostors=False if args.no_impostors else None,
             progress=progress,
         )
     except (FileExistsError, NotADirectoryError, ValueError) as exc:
@@ -812,6 +834,11 @@ def register(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="write over the report in a non-empty --out")
     p.add_argument("--no-audio", action="store_true", help="do not save the stream as stream.flac")
     p.add_argument("--model", help="model bundle folder (csi export; default: the packaged model)")
+    p.add_argument(
+        "--no-impostors",
+        action="store_true",
+        help="score windows by their margin over the catalog cohort instead of the model's impostor set",
+    )
     p.set_defaults(func=cmd_demo)
 
 

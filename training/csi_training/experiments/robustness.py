@@ -361,6 +361,7 @@ def run_robustness(
     conditions: Sequence[str] | None = None,
     target_far: float = TARGET_FAR,
     cohort: int | None = None,
+    impostors: bool = False,
     progress: bool = True,
     on_query: Callable[[QueryOutcome], None] | None = None,
 ) -> dict[str, Any]:
@@ -369,7 +370,9 @@ def run_robustness(
     bundle: a model bundle folder, or None for the packaged default model. n_works: held-out works
     used (default all BASELINE_TEST_WORKS). conditions: names of CONDITIONS to run (default all).
     threads: onnxruntime and search threads. target_far: false-alarm target of the threshold.
-    cohort: of the monitor's normalised window score (None: ``COHORT_WORKS``, as ``csi calibrate``).
+    impostors: normalise scores with the bundle's impostor set (``csi_runtime.impostors``, as
+    ``csi calibrate --impostors``). cohort: of the monitor's normalised window score (None: 0 with
+    impostors, else ``COHORT_WORKS``, as ``csi calibrate``).
     """
     from csi_runtime.calibrate import COHORT_WORKS, calibrate_threshold, min_negatives, window_scores
     from csi_runtime.catalog import REFERENCE_HOP_FRACTION, REFERENCE_WINDOW_SCALES, add_recording
@@ -390,7 +393,6 @@ def run_robustness(
     from csi_training.render.effects import find_ffmpeg
 
     find_ffmpeg()  # the mp3 degradation (queries and calibration) is a real ffmpeg round trip
-    cohort = COHORT_WORKS if cohort is None else cohort
     works = held_out_works(notes_path, n_works)
     n_unknown = max(MIN_UNKNOWN_WORKS, round(UNKNOWN_SHARE * len(works)))
     if len(works) < 2 * n_unknown + 2:
@@ -400,6 +402,11 @@ def run_robustness(
     cal_unknown = [works[i] for i in order[len(works) - 2 * n_unknown : len(works) - n_unknown]]
     eval_unknown = [works[i] for i in order[len(works) - n_unknown :]]
     embedder = Embedder(bundle, threads=threads)
+    impostor_set = embedder.impostors if impostors else None
+    if impostors and impostor_set is None:
+        raise ValueError(f"model {embedder.model_id} has no impostor set (csi_training.impostor_set)")
+    if cohort is None:
+        cohort = 0 if impostor_set is not None else COHORT_WORKS
     logger.info(
         "model %s: %d catalog works, %d calibration unknowns, %d evaluation unknowns",
         embedder.model_id,
@@ -424,7 +431,12 @@ def run_robustness(
     def search(audio: np.ndarray, hop_s: float | None = None) -> list[list[Any]]:
         segs = embedder.embed_segments(audio, SAMPLE_RATE, hop_s=hop_s)
         vectors = segs.vectors[~segs.silent]
-        return index.search(vectors, k=n_catalog, threads=threads) if len(vectors) else []
+        if not len(vectors):
+            return []
+        hits = index.search(vectors, k=n_catalog, threads=threads)
+        if impostor_set is not None:
+            hits = impostor_set.normalize(hits, impostor_set.means(vectors, threads=threads))
+        return hits
 
     # 2. the threshold, on a disjoint calibration set
     from csi_training.render.broadcast import DEGRADATIONS
@@ -523,7 +535,12 @@ def run_robustness(
             "dtype": "float16",
         },
         "max_recording_s": max_recording_s,
-        "calibration": {**calibration.to_dict(), "hop_s": CALIBRATION_HOP_S, "cohort": cohort},
+        "calibration": {
+            **calibration.to_dict(),
+            "hop_s": CALIBRATION_HOP_S,
+            "cohort": cohort,
+            "impostors": None if impostor_set is None else impostor_set.sha256,
+        },
         "conditions": rows,
         "queries": [dataclasses.asdict(o) for o in outcomes],
         "wall_s": round(time.monotonic() - t_start, 1),
@@ -563,6 +580,7 @@ def format_markdown(results: dict[str, Any], command: str) -> str:
         "unknown works for the false-detection rates.",
         "",
         f"Threshold {cal['threshold']:.4f} (window score: "
+        + ("impostor-normalised " if cal.get("impostors") else "")
         + (
             f"similarity minus the mean of the next {cal['cohort']} works'"
             if cal.get("cohort")
@@ -659,7 +677,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cohort",
         type=int,
         default=None,
-        help="cohort of the normalised window score (default: csi calibrate's, 4; 0: raw similarity)",
+        help="cohort of the normalised window score (default: 0 with impostors, else 4; 0: none)",
+    )
+    parser.add_argument(
+        "--impostors",
+        action="store_true",
+        help="normalise scores with the bundle's impostor set (csi_runtime.impostors)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -679,6 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             conditions=args.conditions,
             target_far=args.target_far,
             cohort=args.cohort,
+            impostors=args.impostors,
             progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError, FFmpegError) as exc:

@@ -95,6 +95,23 @@ def test_check_index_has_means(rng: np.random.Generator) -> None:
     check_index_has_means(with_means)
 
 
+def test_pick_recordings_draws_one_recording_of_distinct_works() -> None:
+    from types import SimpleNamespace
+
+    from csi_training.impostor_set import pick_recordings
+
+    entries = [SimpleNamespace(work_id=f"w{w}", path=f"w{w}_{v}.flac") for w in range(30) for v in range(3)]
+    picked = pick_recordings(entries, 12, seed=5)
+    assert len(picked) == 12 and len({e.work_id for e in picked}) == 12
+    assert [e.path for e in picked] == [e.path for e in pick_recordings(entries, 12, seed=5)]  # seeded
+    assert [e.path for e in picked] != [e.path for e in pick_recordings(entries, 12, seed=6)]
+    assert len(pick_recordings(entries, 100, seed=0)) == 30  # all works when there are fewer
+    with pytest.raises(ValueError, match="positive integer"):
+        pick_recordings(entries, 0, seed=0)
+    with pytest.raises(ValueError, match="no recordings"):
+        pick_recordings([], 3, seed=0)
+
+
 # -- the bundle file, built from real audio -----------------------------------------------------------
 
 sf = pytest.importorskip("soundfile")

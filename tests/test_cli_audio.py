@@ -250,6 +250,13 @@ def test_calibrate_and_monitor_with_impostors(catalog: dict[str, object], tmp_pa
     no_means = tmp_path / "no_means.csi"
     built = csi("index", "build", Path(catalog["root"]) / "catalog", "-o", no_means, "--model", bare)  # type: ignore[arg-type]
     assert built.returncode == 0, built.stderr.decode()
+    # one index is all with means or all without: --update refuses to mix them, both ways
+    with_means = tmp_path / "with_means.csi"
+    with_means.write_bytes(Path(catalog["index"]).read_bytes())  # type: ignore[arg-type]
+    more = Path(catalog["root"]) / "catalog" / "work1"  # type: ignore[arg-type]
+    for index, model in ((with_means, bare), (no_means, default_bundle_path())):
+        run = csi("index", "build", more.parent, "-o", index, "--update", "--model", model)
+        assert run.returncode != 0 and b"an index must be all one or the other" in run.stderr
     run = csi("monitor", stream, "--index", no_means, "--out", tmp_path / "m3",
               "--calibration", tmp_path / "cal.json", "--no-plots")  # fmt: skip
     assert run.returncode != 0 and b"built without impostor means" in run.stderr

@@ -53,6 +53,8 @@ def cmd_index_build_audio(args: argparse.Namespace) -> int:
             raise SystemExit(f"csi: --update/--remove need an existing index; {out} does not exist")
         index = ReferenceIndex.load(out)
         index.check_model(embedder.model_id, embedder.dim)
+        if args.source:
+            _check_same_impostors(index, embedder, out)
     else:
         if out.exists() and not args.force:
             raise SystemExit(f"csi: {out} exists; pass --update to add to it or --force to replace it")
@@ -149,6 +151,23 @@ def _tracker_settings(args: argparse.Namespace) -> tuple[int, int]:
         DEFAULT_MIN_WINDOWS if args.min_windows is None else args.min_windows,
         DEFAULT_MAX_GAP_WINDOWS if args.max_gap_windows is None else args.max_gap_windows,
     )
+
+
+def _check_same_impostors(index: Any, embedder: Any, path: Path) -> None:
+    """Refuses to add windows with impostor means to an index whose windows have none, or the
+    reverse: impostor-normalised scores need every window's mean (checked on the first window)."""
+    from csi_runtime.impostors import META_KEY
+
+    first = next(iter(index.iter_metadata()), None)
+    if first is None:  # nothing live to be consistent with
+        return
+    has_means, gives_means = META_KEY in first[1], embedder.impostors is not None
+    if has_means != gives_means:
+        raise SystemExit(
+            f"csi: {path} was built {'with' if has_means else 'without'} impostor means and model bundle "
+            f"{embedder.bundle.path} {'has no' if has_means else 'has an'} impostor set; an index must be "
+            "all one or the other (rebuild it with --force)"
+        )
 
 
 # -- calibrate ---------------------------------------------------------------------------------------

@@ -215,7 +215,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 vectors = segments.vectors[~segments.silent]
                 found = index.search(vectors, k=search_k(args.k, args.cohort)) if len(vectors) else []
                 if impostors is not None and found:
-                    found = impostors.normalize(found, impostors.means(vectors))
+                    found = impostors.rescore(found, vectors)
                 windows["positive" if is_positive else "negative"] += len(found)
                 scores = pos_scores if is_positive else neg_scores
                 if per_detection:  # one score per recording; silent windows support nothing
@@ -254,15 +254,10 @@ def _impostors(wanted: bool, embedder: Any, index: Any, index_path: str) -> Any:
     """The bundle's impostor set when ``wanted`` (checked usable with the index), else None."""
     if not wanted:
         return None
-    from csi_runtime.impostors import ImpostorError, check_index_has_means
+    from csi_runtime.impostors import ImpostorError, check_index_has_means, required_impostors
 
-    impostors = embedder.impostors
-    if impostors is None:
-        raise SystemExit(
-            f"csi: model {embedder.model_id} has no impostor set (add one with "
-            "python -m csi_training.impostor_set --bundle DIR --manifest TRAIN.csv)"
-        )
     try:
+        impostors = required_impostors(embedder)
         check_index_has_means(index, index_path)
     except ImpostorError as exc:
         raise SystemExit(f"csi: {exc}") from None

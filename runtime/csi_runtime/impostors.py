@@ -51,6 +51,7 @@ __all__ = [
     "ImpostorSet",
     "check_index_has_means",
     "load_impostors",
+    "required_impostors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -157,6 +158,12 @@ class ImpostorSet:
             out.append(scored)
         return out
 
+    def rescore(
+        self, hits_per_window: Sequence[Sequence[Any]], vectors: npt.ArrayLike, threads: int | None = None
+    ) -> list[list[Any]]:
+        """:meth:`normalize` of the hits ``ReferenceIndex.search`` returned for ``vectors`` [N, D]."""
+        return self.normalize(hits_per_window, self.means(vectors, threads=threads))
+
     def manifest_section(self, works: int) -> dict[str, Any]:
         """The model.json section describing this set (``works``: distinct works it was drawn from)."""
         return {
@@ -199,6 +206,17 @@ def load_impostors(bundle: ModelBundle) -> ImpostorSet | None:
         )
     except ImpostorError as exc:
         raise BundleError(f"{where}: {name}: {exc}") from None
+
+
+def required_impostors(embedder: Any) -> ImpostorSet:
+    """The embedder's impostor set; :class:`ImpostorError` naming the model when its bundle has none."""
+    impostors = embedder.impostors
+    if impostors is None:
+        raise ImpostorError(
+            f"model {embedder.model_id} has no impostor set (add one with "
+            "python -m csi_training.impostor_set --bundle DIR --manifest TRAIN.csv)"
+        )
+    return impostors
 
 
 def check_index_has_means(index: Any, where: str = "the index") -> None:

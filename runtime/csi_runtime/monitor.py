@@ -440,8 +440,7 @@ class Monitor:
         if self.index.metric == "l2":
             ranked = [[h._replace(score=1.0 - 0.5 * h.score) for h in hits] for hits in ranked]
         if self.impostors is not None:
-            means = self.impostors.means(queries, threads=self._search_threads)
-            ranked = self.impostors.normalize(ranked, means)
+            ranked = self.impostors.rescore(ranked, queries, threads=self._search_threads)
         return [normalize_hits(hits, self.cohort)[: self.k] for hits in ranked]
 
     def _rank_and_track(self, segments: list[Any]) -> list[Detection]:

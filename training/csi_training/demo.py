@@ -499,6 +499,7 @@ def run_demo(
     )
     from csi_runtime.catalog import add_recording
     from csi_runtime.embedder import Embedder
+    from csi_runtime.impostors import required_impostors
     from csi_runtime.index import ReferenceIndex
     from csi_runtime.monitor import Monitor, run_monitor
     from csi_runtime.sink import DetectionSink
@@ -536,9 +537,9 @@ def run_demo(
     embedder = Embedder(model, threads=threads)
     degradations = _degradation_cycle()
     # scores: impostor-normalised (csi_runtime.impostors), else normalised by the catalog cohort
-    impostor_set = embedder.impostors if impostors is not False else None
-    if impostors and impostor_set is None:
-        raise ValueError(f"model {embedder.model_id} has no impostor set (csi_training.impostor_set)")
+    impostor_set = (
+        embedder.impostors if impostors is None else required_impostors(embedder) if impostors else None
+    )
     cohort = 0 if impostor_set is not None else COHORT_WORKS
 
     # 1. catalog
@@ -570,7 +571,7 @@ def run_demo(
             vectors = segs.vectors[~segs.silent]
             found = index.search(vectors, k=search_k(SEARCH_K, cohort), threads=1) if len(vectors) else []
             if impostor_set is not None and found:
-                found = impostor_set.normalize(found, impostor_set.means(vectors, threads=1))
+                found = impostor_set.rescore(found, vectors, threads=1)
             score = detection_score(
                 spread_over_windows(found, segs.silent),
                 work.work_id if positive else None,

@@ -377,6 +377,7 @@ def run_robustness(
     from csi_runtime.calibrate import COHORT_WORKS, calibrate_threshold, min_negatives, window_scores
     from csi_runtime.catalog import REFERENCE_HOP_FRACTION, REFERENCE_WINDOW_SCALES, add_recording
     from csi_runtime.embedder import Embedder
+    from csi_runtime.impostors import required_impostors
     from csi_runtime.index import ReferenceIndex
     from csi_training.render.broadcast import degrade
     from csi_training.render.corpus import RenderError
@@ -402,9 +403,7 @@ def run_robustness(
     cal_unknown = [works[i] for i in order[len(works) - 2 * n_unknown : len(works) - n_unknown]]
     eval_unknown = [works[i] for i in order[len(works) - n_unknown :]]
     embedder = Embedder(bundle, threads=threads)
-    impostor_set = embedder.impostors if impostors else None
-    if impostors and impostor_set is None:
-        raise ValueError(f"model {embedder.model_id} has no impostor set (csi_training.impostor_set)")
+    impostor_set = required_impostors(embedder) if impostors else None
     if cohort is None:
         cohort = 0 if impostor_set is not None else COHORT_WORKS
     logger.info(
@@ -435,7 +434,7 @@ def run_robustness(
             return []
         hits = index.search(vectors, k=n_catalog, threads=threads)
         if impostor_set is not None:
-            hits = impostor_set.normalize(hits, impostor_set.means(vectors, threads=threads))
+            hits = impostor_set.rescore(hits, vectors, threads=threads)
         return hits
 
     # 2. the threshold, on a disjoint calibration set

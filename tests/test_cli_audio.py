@@ -260,6 +260,13 @@ def test_calibrate_and_monitor_with_impostors(catalog: dict[str, object], tmp_pa
     run = csi("monitor", stream, "--index", no_means, "--out", tmp_path / "m3",
               "--calibration", tmp_path / "cal.json", "--no-plots")  # fmt: skip
     assert run.returncode != 0 and b"built without impostor means" in run.stderr
+    # --threshold with --impostors: a threshold on impostor-normalised scores, the model's own set
+    run = csi("monitor", stream, "--index", catalog["index"], "--out", tmp_path / "m5", "--threshold", "0.05",
+              "--impostors", "--no-plots")  # fmt: skip
+    assert run.returncode == 0, run.stderr.decode()
+    run = csi("monitor", stream, "--index", catalog["index"], "--out", tmp_path / "m6", "--threshold", "0.05",
+              "--impostors", "--no-plots", "--model", bare)  # fmt: skip
+    assert run.returncode != 0 and b"has no impostor set" in run.stderr
     # a calibration without impostors cannot be used with --impostors
     plain = dict(cal, impostors=None)
     (tmp_path / "plain.json").write_text(json.dumps(plain))

@@ -34,6 +34,7 @@ __all__ = [
     "Calibration",
     "calibrate_threshold",
     "check_tracker_settings",
+    "default_cohort",
     "detection_score",
     "is_match",
     "min_negatives",
@@ -45,6 +46,12 @@ __all__ = [
 
 #: default cohort of the normalised score in ``csi calibrate`` / ``csi monitor`` (works)
 COHORT_WORKS = 4
+
+
+def default_cohort(impostors: bool) -> int:
+    """The cohort used when none is given: COHORT_WORKS, or 0 for impostor-normalised scores (a
+    cohort on top of them detected fewer covers at the same false-alarm rate: 0.20 against 0.30)."""
+    return 0 if impostors else COHORT_WORKS
 
 
 def is_match(score: Any, threshold: float) -> Any:

@@ -156,13 +156,10 @@ def _tracker_settings(args: argparse.Namespace) -> tuple[int, int]:
 def _check_same_impostors(index: Any, embedder: Any, path: Path) -> None:
     """Refuses to add windows with impostor means to an index whose windows have none, or the
     reverse: impostor-normalised scores need every window's mean (checked on the first window)."""
-    from csi_runtime.impostors import META_KEY
+    from csi_runtime.impostors import index_has_means
 
-    first = next(iter(index.iter_metadata()), None)
-    if first is None:  # nothing live to be consistent with
-        return
-    has_means, gives_means = META_KEY in first[1], embedder.impostors is not None
-    if has_means != gives_means:
+    has_means = index_has_means(index)
+    if has_means is not None and has_means != (embedder.impostors is not None):
         raise SystemExit(
             f"csi: {path} was built {'with' if has_means else 'without'} impostor means and model bundle "
             f"{embedder.bundle.path} {'has no' if has_means else 'has an'} impostor set; an index must be "
@@ -175,8 +172,8 @@ def _check_same_impostors(index: Any, embedder: Any, path: Path) -> None:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from csi_runtime.calibrate import (
-        COHORT_WORKS,
         calibrate_threshold,
+        default_cohort,
         detection_score,
         search_k,
         spread_over_windows,
@@ -191,7 +188,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     index.check_model(embedder.model_id, embedder.dim)
     impostors = _impostors(args.impostors, embedder, index, args.index)
     if args.cohort is None:  # impostor-normalised scores measured best without a cohort on top
-        args.cohort = 0 if impostors is not None else COHORT_WORKS
+        args.cohort = default_cohort(impostors is not None)
     if args.cohort and index.num_works < args.cohort + 1:
         raise SystemExit(
             f"csi: a cohort of {args.cohort} works needs an index of at least {args.cohort + 1} works "

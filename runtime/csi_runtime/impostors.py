@@ -50,6 +50,7 @@ __all__ = [
     "ImpostorError",
     "ImpostorSet",
     "check_index_has_means",
+    "index_has_means",
     "load_impostors",
     "required_impostors",
 ]
@@ -219,14 +220,21 @@ def required_impostors(embedder: Any) -> ImpostorSet:
     return impostors
 
 
+def index_has_means(index: Any) -> bool | None:
+    """Whether the reference windows of ``index`` carry ``META_KEY`` (None: no live window). Checked
+    on the first window: a build writes means for all or none, and ``csi index build --update``
+    refuses to mix them."""
+    first = next(iter(index.iter_metadata()), None)
+    return None if first is None else META_KEY in first[1]
+
+
 def check_index_has_means(index: Any, where: str = "the index") -> None:
-    """Raises :class:`ImpostorError` unless the reference windows of ``index`` carry ``META_KEY``
-    (checked on its first window; one build writes all or none)."""
-    for _, meta in index.iter_metadata():
-        if META_KEY not in meta:
-            raise ImpostorError(
-                f"{where} was built without impostor means ({META_KEY!r} missing from its windows' "
-                "metadata): rebuild it with csi index build from a bundle that has an impostor set"
-            )
-        return
-    raise ImpostorError(f"{where} is empty")
+    """Raises :class:`ImpostorError` unless the reference windows of ``index`` carry ``META_KEY``."""
+    has_means = index_has_means(index)
+    if has_means is None:
+        raise ImpostorError(f"{where} is empty")
+    if not has_means:
+        raise ImpostorError(
+            f"{where} was built without impostor means ({META_KEY!r} missing from its windows' "
+            "metadata): rebuild it with csi index build from a bundle that has an impostor set"
+        )

@@ -490,8 +490,8 @@ def run_demo(
     unless force.
     """
     from csi_runtime.calibrate import (
-        COHORT_WORKS,
         calibrate_threshold,
+        default_cohort,
         detection_score,
         min_negatives,
         search_k,
@@ -540,7 +540,7 @@ def run_demo(
     impostor_set = (
         embedder.impostors if impostors is None else required_impostors(embedder) if impostors else None
     )
-    cohort = 0 if impostor_set is not None else COHORT_WORKS
+    cohort = default_cohort(impostor_set is not None)
 
     # 1. catalog
     index = ReferenceIndex(embedder.dim, model_id=embedder.model_id)

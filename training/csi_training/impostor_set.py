@@ -32,7 +32,7 @@ from csi_runtime.audio import AudioError
 from csi_runtime.bundle import MANIFEST_NAME, load_bundle, sha256_file
 from csi_runtime.embedder import Embedder
 from csi_runtime.impostors import DEFAULT_TOP, IMPOSTORS_FILE, MANIFEST_KEY, ImpostorSet
-from csi_training.data.manifest import read_manifest
+from csi_training.data.manifest import ManifestEntry, read_manifest
 
 __all__ = ["DEFAULT_HOP_S", "DEFAULT_WORKS", "add_impostor_set", "main", "pick_recordings"]
 
@@ -44,14 +44,14 @@ DEFAULT_SEED = 1
 DEFAULT_HOP_S = 5.0
 
 
-def pick_recordings(entries: Sequence[object], works: int, seed: int) -> list[object]:
+def pick_recordings(entries: Sequence[ManifestEntry], works: int, seed: int) -> list[ManifestEntry]:
     """One recording of each of ``works`` works drawn at random (all works if there are fewer),
-    in a deterministic order for a given seed. Entries need ``work_id`` and ``path``."""
+    in a deterministic order for a given seed."""
     if isinstance(works, bool) or not isinstance(works, int) or works < 1:
         raise ValueError(f"works must be a positive integer (got {works!r})")
-    by_work: dict[str, list[object]] = {}
+    by_work: dict[str, list[ManifestEntry]] = {}
     for e in entries:
-        by_work.setdefault(str(e.work_id), []).append(e)  # type: ignore[attr-defined]
+        by_work.setdefault(str(e.work_id), []).append(e)
     if not by_work:
         raise ValueError("the manifest lists no recordings")
     rng = np.random.default_rng(seed)
@@ -82,9 +82,9 @@ def add_impostor_set(
     vectors, used, skipped = [], 0, 0
     for i, entry in enumerate(picked, 1):
         try:
-            seg = embedder.embed_segments(entry.path, hop_s=hop_s)  # type: ignore[attr-defined]
+            seg = embedder.embed_segments(entry.path, hop_s=hop_s)
         except (AudioError, ValueError, OSError) as exc:
-            logger.warning("impostor set: skipped %s: %s", entry.path, exc)  # type: ignore[attr-defined]
+            logger.warning("impostor set: skipped %s: %s", entry.path, exc)
             skipped += 1
             continue
         audible = seg.vectors[~seg.silent]

@@ -374,7 +374,7 @@ def run_robustness(
     ``csi calibrate --impostors``). cohort: of the monitor's normalised window score (None: 0 with
     impostors, else ``COHORT_WORKS``, as ``csi calibrate``).
     """
-    from csi_runtime.calibrate import COHORT_WORKS, calibrate_threshold, min_negatives, window_scores
+    from csi_runtime.calibrate import calibrate_threshold, default_cohort, min_negatives, window_scores
     from csi_runtime.catalog import REFERENCE_HOP_FRACTION, REFERENCE_WINDOW_SCALES, add_recording
     from csi_runtime.embedder import Embedder
     from csi_runtime.impostors import required_impostors
@@ -405,7 +405,7 @@ def run_robustness(
     embedder = Embedder(bundle, threads=threads)
     impostor_set = required_impostors(embedder) if impostors else None
     if cohort is None:
-        cohort = 0 if impostor_set is not None else COHORT_WORKS
+        cohort = default_cohort(impostor_set is not None)
     logger.info(
         "model %s: %d catalog works, %d calibration unknowns, %d evaluation unknowns",
         embedder.model_id,

@@ -1,4 +1,4 @@
-"""``csi train``, ``csi eval`` and ``csi data …``: the training side of the ``csi`` command line.
+"""``csi train``, ``csi eval``, ``csi whiten`` and ``csi data …``: the training side of ``csi``.
 
 Registered through the ``csi.commands`` entry point; this module imports nothing heavy at import
 time (torch and the data engine load only when a command runs), so ``csi info`` stays fast.
@@ -118,6 +118,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_whiten(args: argparse.Namespace) -> int:
+    _setup_logging()
+    from csi_runtime.cli import Progress
+    from csi_training.data import read_manifest
+    from csi_training.whiten import whiten_checkpoint
+
+    bar = Progress(len(read_manifest(args.manifest)), "embedding")
+    try:
+        report = whiten_checkpoint(
+            args.checkpoint,
+            args.manifest,
+            args.out,
+            regularization=args.regularization,
+            val_works=args.val_works,
+            device=args.device,
+            max_s=args.max_s,
+            cache_dir=args.cache_dir,
+            force=args.force,
+            progress=bar.advance,
+        )
+    finally:
+        bar.close()
+    if report["validation"]:
+        print("validation MAP by regularization (fitted on the other works):")
+        for row in report["validation"]:
+            eps = "none" if row["regularization"] is None else f"{row['regularization']:g}"
+            print(f"  {eps:>8}  {row['MAP']:.4f}")
+    print(
+        f"whitening fitted on {report['embeddings']} embeddings of {report['works']} works "
+        f"({report['pairs']} same-work pairs), regularization {report['regularization']:g}"
+    )
+    print(f"wrote {args.out} (evaluate it with csi eval, export it with export/build_engine.py)")
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add train / eval / data to the ``csi`` subcommand parser."""
     p = sub.add_parser("train", help="train an encoder from a YAML/TOML config (runs under torchrun too)")
@@ -142,6 +177,28 @@ def register(sub: Any) -> None:
     p.add_argument("--max-s", type=float, default=None, help="seconds of each track to use")
     p.add_argument("--cache-dir", default=None, help="feature cache folder (default: none)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "whiten",
+        help="fit a learned whitening to a checkpoint on a labelled manifest (a new checkpoint)",
+    )
+    p.add_argument("--checkpoint", required=True, help="trained checkpoint folder (…/best or …/last)")
+    p.add_argument("--manifest", required=True, help="labelled CSV manifest to fit on (the training one)")
+    p.add_argument("--out", required=True, help="folder of the whitened checkpoint")
+    p.add_argument(
+        "--regularization",
+        type=float,
+        default=None,
+        help="ε as a fraction of the largest intra-work eigenvalue (default: chosen on validation works)",
+    )
+    p.add_argument(
+        "--val-works", type=float, default=None, help="validation works for choosing ε (default: the run's)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--max-s", type=float, default=None, help="seconds of each track to use")
+    p.add_argument("--cache-dir", default=None, help="feature cache folder (default: none)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_whiten)
 
     from csi_training import data_cli, demo
 

@@ -73,6 +73,9 @@ class ModelConfig:
     width / embedding_dim / pooling / dropout: the CQTNet part. encoder_width, window_frames,
     window_hop: the FCN-7 and its windows (mart only; window_frames = the finest part length of
     pre-training, 128 frames by default, half-overlapping).
+
+    whitening: a learned whitening layer after the backbone (``csi_training.models.whitening``). It
+    is fitted after training by ``csi whiten``, which sets it; training refuses a config with it on.
     """
 
     name: Literal["cqtnet", "mart"] = "cqtnet"
@@ -83,6 +86,7 @@ class ModelConfig:
     encoder_width: Literal["full", "small", "tiny"] = "full"
     window_frames: int = 128
     window_hop: int = 64
+    whitening: bool = False
 
     def __post_init__(self) -> None:
         if self.window_frames < 1 or not 1 <= self.window_hop <= self.window_frames:

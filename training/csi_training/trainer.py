@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from csi_training.checkpoint import check_resumable, init_backbone, read_header, save_checkpoint
-from csi_training.config import TrainConfig
+from csi_training.config import ConfigError, TrainConfig
 from csi_training.datasets import FeatureSet, embed_features
 from csi_training.distributed import Process, autocast, cpu_supports_bf16, init_process, resolve_device
 from csi_training.models.encoder import build_encoder
@@ -122,6 +122,11 @@ def train(
     ``stop_after``: run at most this many epochs in this call (a preemptible job, or a budget), leaving
     a ``last`` checkpoint that ``resume=True`` continues exactly where it stopped.
     """
+    if config.model.whitening:
+        raise ConfigError(
+            "model.whitening is fitted after training (csi whiten --checkpoint DIR …), not trained; "
+            "train or fine-tune with it off (from the checkpoint the whitening was fitted to)"
+        )
     proc = init_process(config.device)
     try:
         return _train(config, resume, progress, proc, stop_after)

@@ -33,6 +33,11 @@ more versions, and the last stage's best checkpoint is fine-tuned on them into `
 (``--broadcast-epochs``, ``--broadcast-lr``). A monitoring service hears versions through such a
 chain; the robustness table (``csi_training.experiments.robustness``) measures the same
 degradations on held-out works.
+
+With ``--whiten`` the last stage's best checkpoint gets a learned whitening (``csi whiten``:
+``csi_training.whiten``), fitted on that stage's training manifest with the regularization chosen
+on its validation works, into ``<last model>w``; step 5 then evaluates it, with the un-whitened
+checkpoint as a row of its own.
 """
 
 from __future__ import annotations
@@ -172,7 +177,38 @@ def _broadcast_stage(
     }
 
 
+def _embed(
+    checkpoint: Path, manifest: Path, work_dir: Path, device: str
+) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+    from csi_training.evaluation import embed_manifest
+
+    emb, work_ids, _, info = embed_manifest(
+        checkpoint, manifest, device=device, cache_dir=work_dir / "features"
+    )
+    return emb, work_ids, info
+
+
+def _whiten_stage(
+    args: argparse.Namespace, work_dir: Path, checkpoint: Path, manifest: Path, name: str
+) -> tuple[Path, dict[str, Any]]:
+    """A learned whitening of ``checkpoint`` fitted on ``manifest`` into ``work_dir / name`` (kept
+    when already there); returns (whitened checkpoint, stage record)."""
+    from csi_training.whiten import whiten_checkpoint
+
+    out = work_dir / name
+    if not (out / "config.json").exists():
+        whiten_checkpoint(checkpoint, manifest, out, device=args.device, cache_dir=work_dir / "features")
+    report = json.loads((out / "config.json").read_text())["whitening"]
+    return out, {"model": name, "whitening": report["regularization"], "works": report["works"]}
+
+
 def _describe_stage(st: dict[str, Any]) -> str:
+    if "whitening" in st:
+        return (
+            f" Learned whitening {st['model']}: fitted on the last stage's training manifest ({st['works']} "
+            f"works, validation works included); regularization {st['whitening']:g}, chosen by validation "
+            "MAP with the whitening fitted on the other works."
+        )
     if "broadcast_copies" in st:
         return (
             f" Fine-tuning stage {st['model']}: {st['broadcast_copies']} broadcast-degraded copies of each "
@@ -228,7 +264,6 @@ def _train_to_end(config: Any, model_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from csi_training.batching import split_works
-    from csi_training.evaluation import embed_manifest
     from csi_training.metrics import evaluate, evaluate_distances
     from csi_training.render.notes import extract_works, load_note_corpus, save_note_corpus
 
@@ -320,22 +355,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             {"model": model_dir.name, "works": len(extra_works), "extra_versions": n_versions,
              "epochs": epochs, "lr": lr, "seed": args.extra_seed}
         )  # fmt: skip
+    last_manifest = train_i if stages else train_manifest
     if args.broadcast_copies:
-        model_dir, stage = _broadcast_stage(args, work_dir, train_i if stages else train_manifest, model_dir)
+        model_dir, stage = _broadcast_stage(args, work_dir, last_manifest, model_dir)
         stages.append(stage)
-    training_info = json.loads((model_dir / "best" / "config.json").read_text())
-
-    emb, work_ids, _, info = embed_manifest(
-        model_dir / "best", test_manifest, device=args.device, cache_dir=work_dir / "features"
-    )
-    rows = [
-        _metrics_row(
-            "csi MOVE-style CQTNet (ours)",
-            evaluate(emb, work_ids),
-            len(work_ids),
-            f"{config.model.width}, {config.model.embedding_dim}-d",
+        last_manifest = work_dir / "train_manifest_bc.csv"
+    final = model_dir / "best"
+    training_info = json.loads((final / "config.json").read_text())
+    note = f"{config.model.width}, {config.model.embedding_dim}-d"
+    rows = []
+    if args.whiten:
+        raw, raw_works, _ = _embed(final, test_manifest, work_dir, args.device)
+        rows.append(
+            _metrics_row(
+                "csi MOVE-style CQTNet (ours), before whitening",
+                evaluate(raw, raw_works),
+                len(raw_works),
+                note,
+            )
         )
-    ]
+        final, stage = _whiten_stage(args, work_dir, final, last_manifest, model_dir.name + "w")
+        stages.append(stage)
+        note += ", learned whitening"
+
+    emb, work_ids, info = _embed(final, test_manifest, work_dir, args.device)
+    rows.insert(0, _metrics_row("csi MOVE-style CQTNet (ours)", evaluate(emb, work_ids), len(work_ids), note))
 
     ftm = FTM2D().fit(beat_chroma)
     vecs = ftm.transform(beat_chroma)
@@ -380,9 +424,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "train": {
             k: training_info.get(k) for k in ("train_works", "train_files", "val_works", "epoch", "step")
         },
-        "epochs_planned": stages[-1]["epochs"] if stages else config.optim.epochs,  # of the last stage
+        # of the last training stage
+        "epochs_planned": next(
+            (st["epochs"] for st in reversed(stages) if "epochs" in st), config.optim.epochs
+        ),
         "stages": stages,
-        "model": str(model_dir / "best"),
+        "model": str(final),
         "config": str(args.config),
         "renderer": args.renderer,
         "versions": args.versions,
@@ -455,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--broadcast-epochs", type=int, default=15)
     p.add_argument("--broadcast-lr", type=float, default=3e-4)
+    p.add_argument(
+        "--whiten", action="store_true", help="fit a learned whitening to the last stage (csi whiten)"
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)

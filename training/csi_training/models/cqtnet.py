@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from csi_training.models.whitening import Whitening
+
 if TYPE_CHECKING:
     from csi_training.models.mart import MartCQTNet
 
@@ -112,6 +114,8 @@ class CQTNet(nn.Module):
             raise ValueError(f"pooling must be gem, max or avg, got {pooling!r}")
         self.dropout = nn.Dropout(dropout)
         self.embed = nn.Linear(c_in, embedding_dim)
+        #: set by build_backbone(whitening=True); fitted after training (csi whiten)
+        self.whitening: Whitening | None = None
 
     def forward_unnormalized(self, features: torch.Tensor) -> torch.Tensor:
         """features [B, n_bins, T] → pre-normalisation embeddings [B, embedding_dim]."""
@@ -123,7 +127,8 @@ class CQTNet(nn.Module):
         return self.embed(self.dropout(self.pool(x)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.forward_unnormalized(features), dim=-1)
+        embeddings = F.normalize(self.forward_unnormalized(features), dim=-1)
+        return embeddings if self.whitening is None else self.whitening(embeddings)
 
 
 def build_backbone(
@@ -136,19 +141,22 @@ def build_backbone(
     encoder_width: str = "full",
     window_frames: int = 128,
     window_hop: int = 64,
+    whitening: bool = False,
 ) -> CQTNet | MartCQTNet:
     """The backbone ``name`` for features [B, n_bins, T]: ``cqtnet``, or ``mart`` (an FCN-7 over
     log-mel windows of ``window_frames`` frames every ``window_hop``, in front of a CQTNet; n_bins
-    is then the number of mel bands)."""
+    is then the number of mel bands). whitening: end with an identity :class:`Whitening` layer (unit
+    embeddings in and out) for a fitted whitening to be loaded into."""
+    backbone: CQTNet | MartCQTNet
     if name == "cqtnet":
-        return CQTNet(
+        backbone = CQTNet(
             n_bins=n_bins, embedding_dim=embedding_dim, width=width, pooling=pooling, dropout=dropout
         )
-    if name == "mart":
+    elif name == "mart":
         from csi_training.models.fcn import FCN7
         from csi_training.models.mart import MartCQTNet
 
-        return MartCQTNet(
+        backbone = MartCQTNet(
             FCN7(n_bins, encoder_width),
             window_frames,
             window_hop,
@@ -157,4 +165,8 @@ def build_backbone(
             pooling=pooling,
             dropout=dropout,
         )
-    raise ValueError(f"unknown backbone {name!r} (available: cqtnet, mart)")
+    else:
+        raise ValueError(f"unknown backbone {name!r} (available: cqtnet, mart)")
+    if whitening:
+        backbone.whitening = Whitening(embedding_dim)
+    return backbone

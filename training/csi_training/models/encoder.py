@@ -55,5 +55,6 @@ def build_encoder(frontend_config: dict[str, Any], model: ModelConfig) -> Encode
         encoder_width=model.encoder_width,
         window_frames=model.window_frames,
         window_hop=model.window_hop,
+        whitening=model.whitening,
     )
     return Encoder(frontend, backbone)

@@ -27,6 +27,7 @@ from torch import nn
 from csi_training.frontends.hierarchical import HierarchicalLogMel, HierarchyConfig
 from csi_training.models.fcn import FCN7
 from csi_training.models.part_whole import PartWholeTransformer
+from csi_training.models.whitening import Whitening
 
 __all__ = ["MartCQTNet", "MartConfig", "MartPretrainModel"]
 
@@ -170,6 +171,8 @@ class MartCQTNet(nn.Module):
             dropout=dropout,
         )
         self.embedding_dim = embedding_dim
+        #: set by build_backbone(whitening=True); fitted after training (csi whiten)
+        self.whitening: Whitening | None = None
         # Shortest input (frames) an exported graph accepts: enough windows for CQTNet's min_frames.
         self.min_frames = window_frames + (self.cqtnet.min_frames - 1) * window_hop
 
@@ -195,4 +198,5 @@ class MartCQTNet(nn.Module):
         return self.cqtnet.forward_unnormalized(self.clip_vectors(features))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.forward_unnormalized(features), dim=-1)
+        embeddings = F.normalize(self.forward_unnormalized(features), dim=-1)
+        return embeddings if self.whitening is None else self.whitening(embeddings)

@@ -251,3 +251,20 @@ def test_whitened_checkpoint_exports_to_matching_onnx(
         np.testing.assert_allclose(session.run(None, {"features": x})[0], ref, atol=tol)
     ops = {n.op_type for n in __import__("onnx").load(str(bundle / "encoder.onnx")).graph.node}
     assert "MatMul" in ops or "Gemm" in ops
+
+
+def test_rendered_baseline_whitening_stage(whitened: tuple[Path, Path, Path, dict], tmp_path: Path) -> None:
+    import argparse
+
+    from csi_training.experiments.rendered_baseline import _describe_stage, _whiten_stage
+
+    checkpoint, _, manifest, _ = whitened
+    args = argparse.Namespace(device="cpu")
+    out, stage = _whiten_stage(args, tmp_path, checkpoint, manifest, "model_w")
+    assert out == tmp_path / "model_w" and load_checkpoint(out).config.model.whitening
+    assert stage["model"] == "model_w" and stage["works"] == 8 and stage["whitening"] > 0
+    assert f"regularization {stage['whitening']:g}" in _describe_stage(stage)
+    written = (out / "model.safetensors").stat().st_mtime_ns
+    again, _ = _whiten_stage(args, tmp_path, checkpoint, manifest, "model_w")  # kept, not refitted
+    assert again == out and (out / "model.safetensors").stat().st_mtime_ns == written
+    assert list((tmp_path / "features").rglob("*.npy"))  # features cached in the work dir

@@ -100,15 +100,18 @@ def test_identify_finds_the_work_of_an_excerpt(catalog: dict[str, object], tmp_p
     assert out.returncode == 0, out.stderr.decode()
     result = json.loads(out.stdout)
     assert result["matches"][0]["work_id"] == "work1"
-    # windows of the excerpt are offset by 7 s from the reference's: close, not identical
-    assert result["matches"][0]["best_window_score"] > 0.85
+    # windows of the excerpt are offset by 7 s from the reference's: close, not identical (the
+    # packaged model's whitening spreads such near-duplicates to ~0.85; other works score < 0.5)
+    assert result["matches"][0]["best_window_score"] > 0.75
     assert result["matches"][0]["score"] > result["matches"][1]["score"] + 0.1
 
 
 def test_monitor_reports_the_plays_of_a_broadcast(catalog: dict[str, object], tmp_path: Path) -> None:
     out_dir = tmp_path / "detections"
+    # with the packaged model, windows of the played excerpts score 0.58-1.0 against their
+    # reference, the noise's windows < 0.55 against any work
     run = csi("monitor", Path(catalog["root"]) / "stream.wav", "--index", catalog["index"], "--out", out_dir,  # type: ignore[arg-type]
-              "--threshold", "0.9", "--channel", "radio1", "--start-utc", "2026-11-21T10:00:00Z",
+              "--threshold", "0.75", "--channel", "radio1", "--start-utc", "2026-11-21T10:00:00Z",
               "--hop-s", "2")  # fmt: skip
     assert run.returncode == 0, run.stderr.decode()
     (jsonl,) = out_dir.glob("detections-radio1-20261121.jsonl")
@@ -129,7 +132,7 @@ def test_monitor_reads_raw_pcm_from_stdin(catalog: dict[str, object], tmp_path: 
     pcm = (np.clip(stream, -1, 1) * 32767).astype("<i2").tobytes()
     out_dir = tmp_path / "pcm"
     run = csi("monitor", "-", "--pcm-rate", "16000", "--index", catalog["index"], "--out", out_dir,
-              "--threshold", "0.9", "--channel", "tv", "--hop-s", "2", "--no-plots",
+              "--threshold", "0.75", "--channel", "tv", "--hop-s", "2", "--no-plots",
               stdin=pcm)  # fmt: skip
     assert run.returncode == 0, run.stderr.decode()
     lines = next(out_dir.glob("detections-tv-*.jsonl")).read_text().splitlines()

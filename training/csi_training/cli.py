@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def _setup_logging() -> None:
@@ -28,6 +31,18 @@ def _parse_override(text: str) -> tuple[str, Any]:
     except json.JSONDecodeError:
         value = raw  # a bare string such as --set loss.mining=hard
     return key.strip(), value
+
+
+def _with_embedding_bar(manifest: str, work: Callable[[Callable[[int], None]], T]) -> T:
+    """``work(progress)`` under a progress bar counting the files of ``manifest`` as they embed."""
+    from csi_runtime.cli import Progress
+    from csi_training.data import read_manifest
+
+    bar = Progress(len(read_manifest(manifest)), "embedding")
+    try:
+        return work(bar.advance)
+    finally:
+        bar.close()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -83,23 +98,19 @@ def _mart_pretrain(data: dict[str, Any], args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     _setup_logging()
-    from csi_runtime.cli import Progress
-    from csi_training.data import read_manifest
     from csi_training.evaluation import evaluate_checkpoint
 
-    n = len(read_manifest(args.manifest))
-    bar = Progress(n, "embedding")
-    try:
-        report = evaluate_checkpoint(
+    report = _with_embedding_bar(
+        args.manifest,
+        lambda progress: evaluate_checkpoint(
             args.checkpoint,
             args.manifest,
             device=args.device,
             max_s=args.max_s,
             cache_dir=args.cache_dir,
-            progress=bar.advance,
-        )
-    finally:
-        bar.close()
+            progress=progress,
+        ),
+    )
     m = report["metrics"]
     print(
         f"{report['used']} of {report['files']} files ({report['skipped_count']} skipped), "
@@ -120,13 +131,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_whiten(args: argparse.Namespace) -> int:
     _setup_logging()
-    from csi_runtime.cli import Progress
-    from csi_training.data import read_manifest
     from csi_training.whiten import whiten_checkpoint
 
-    bar = Progress(len(read_manifest(args.manifest)), "embedding")
-    try:
-        report = whiten_checkpoint(
+    report = _with_embedding_bar(
+        args.manifest,
+        lambda progress: whiten_checkpoint(
             args.checkpoint,
             args.manifest,
             args.out,
@@ -136,10 +145,9 @@ def cmd_whiten(args: argparse.Namespace) -> int:
             max_s=args.max_s,
             cache_dir=args.cache_dir,
             force=args.force,
-            progress=bar.advance,
-        )
-    finally:
-        bar.close()
+            progress=progress,
+        ),
+    )
     if report["validation"]:
         print("validation MAP by regularization (fitted on the other works):")
         for row in report["validation"]:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from csi_training.checkpoint import load_checkpoint
+from csi_training.checkpoint import Checkpoint, load_checkpoint
 from csi_training.datasets import embed_features, load_manifest_features
 from csi_training.distributed import autocast, resolve_device
 
@@ -20,18 +20,21 @@ __all__ = ["embed_manifest", "evaluate_checkpoint"]
 
 
 def embed_manifest(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Checkpoint,
     manifest: str | Path,
     device: str = "auto",
     max_s: float | None = None,
     cache_dir: str | Path | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, list[str], list[str], dict[str, Any]]:
-    """(embeddings [N, D] float32, work ids, version ids, info) for the usable files of a manifest."""
+    """(embeddings [N, D] float32, work ids, version ids, info) for the usable files of a manifest.
+
+    ``checkpoint``: a checkpoint folder, or one already loaded (its encoder is moved to ``device``).
+    """
     from csi_training.data import read_manifest
     from csi_training.feature_cache import FeatureCache
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     dev = resolve_device(device)
     encoder = ckpt.encoder.to(dev)
     max_s = max_s or ckpt.config.data.eval_max_s

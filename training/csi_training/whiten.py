@@ -120,7 +120,7 @@ def whiten_checkpoint(
             "fit to the checkpoint it came from"
         )
     with torch.no_grad():
-        embeddings, works, _, info = embed_manifest(checkpoint, manifest, device, max_s, cache_dir, progress)
+        embeddings, works, _, info = embed_manifest(ckpt, manifest, device, max_s, cache_dir, progress)
     if len(set(works)) < 2 or not _has_pairs(works):
         raise WhitenError(
             f"{manifest}: {len(works)} usable files of {len(set(works))} works; learned whitening needs "

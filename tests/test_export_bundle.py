@@ -158,3 +158,19 @@ def test_frontend_graph_streams_chunk_by_chunk(exported: tuple[Path, Path], rng:
     streamed = np.concatenate(pieces, axis=1)
     np.testing.assert_allclose(streamed, whole[:, : streamed.shape[1]], atol=1e-5)
     assert streamed.shape[1] >= whole.shape[1] - 2
+
+
+def test_same_checkpoint_gives_the_same_model_id(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    """The model id hashes the graph bytes; the exporter's debugging metadata (stack traces with
+    absolute paths and line numbers) is stripped, so a re-export, from any checkout, keeps the id
+    that indexes were built with."""
+    from csi_export.build import export_bundle
+
+    checkpoint, bundle_dir = exported
+    again = export_bundle(checkpoint, tmp_path / "again").path
+    first = load_bundle(bundle_dir).manifest
+    assert load_bundle(again).manifest["model_id"] == first["model_id"]
+    for name in ("frontend.onnx", "encoder.onnx"):
+        assert (again / name).read_bytes() == (bundle_dir / name).read_bytes()
+        graph = onnx.load(str(again / name)).graph
+        assert not any(item.metadata_props for item in [*graph.node, *graph.value_info])

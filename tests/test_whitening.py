@@ -284,7 +284,10 @@ def test_whitened_checkpoint_exports_to_matching_onnx(tmp_path: Path, rng: np.ra
     projection = np.linalg.qr(rng.standard_normal((16, 16)))[0] * rng.uniform(0.5, 3.0, 16)
     encoder.backbone.whitening.set(rng.normal(0.0, 0.05, 16), projection)
     config = dataclasses.replace(source.config, model=model)
-    white = save_checkpoint(tmp_path / "white", encoder.eval(), config, {"epoch": 3, "step": 30}, {})
+    report = {"source": str(tmp_path / "ckpt"), "regularization": 1e-4, "works": 8}
+    white = save_checkpoint(
+        tmp_path / "white", encoder.eval(), config, {"epoch": 3, "step": 30, "whitening": report}, {}
+    )
 
     bundle = export_bundle(white, tmp_path / "bundle", fp16=True).path
     backbone = load_checkpoint(white).encoder.backbone.eval()
@@ -294,6 +297,7 @@ def test_whitened_checkpoint_exports_to_matching_onnx(tmp_path: Path, rng: np.ra
     for name, tol in (("encoder.onnx", 1e-5), ("encoder.fp16.onnx", 1e-2)):
         session = ort.InferenceSession(str(bundle / name), providers=["CPUExecutionProvider"])
         np.testing.assert_allclose(session.run(None, {"features": x})[0], ref, atol=tol)
+    assert json.loads((bundle / "model.json").read_text())["source"]["whitening"] == report
     ops = {n.op_type for n in onnx.load(str(bundle / "encoder.onnx")).graph.node}
     assert {"Sub", "MatMul"} <= ops or "Gemm" in ops
 

@@ -321,6 +321,8 @@ def _provenance(checkpoint: Path, ckpt: Any, config: dict[str, Any]) -> dict[str
         "metrics": {"val": best.get("val", {}), "epoch": best.get("epoch")},
         "evaluations": _evaluations(checkpoint),
         "config": config,
+        # what csi whiten fitted (source checkpoint, regularization, works, validation MAPs), if it did
+        "whitening": ckpt.info.get("whitening"),
     }
 
 

@@ -6,6 +6,12 @@ pooling for every length. In the graph that becomes Slice → Concat → MaxPool
 activation map once more; ONNX's MaxPool has ``ceil_mode`` and computes the same values directly
 (tested equal; 10-20% faster on onnxruntime CPU at batch 16). TensorRT's parser supports
 ``ceil_mode`` too.
+
+``strip_debug_metadata``: the exporter annotates every node and value with debugging metadata
+(Python stack traces with absolute source paths and line numbers, FX node reprs). The bundle's
+model id is a hash of the graph bytes, so with them the same checkpoint exported from another
+checkout, or after an unrelated edit that moved a line, got another id, and indexes built with it
+were refused. Without them the bytes depend on the computation and its names only.
 """
 
 from __future__ import annotations
@@ -15,7 +21,18 @@ from typing import Any
 import onnx
 from onnx import helper
 
-__all__ = ["ceil_max_pool", "drop_unused_initializers"]
+__all__ = ["ceil_max_pool", "drop_unused_initializers", "strip_debug_metadata"]
+
+
+def strip_debug_metadata(model: onnx.ModelProto) -> int:
+    """In place: remove the metadata of every node and value of the main graph (the model's own
+    metadata stays). Returns the number of entries removed."""
+    graph = model.graph
+    removed = 0
+    for item in [*graph.node, *graph.value_info, *graph.input, *graph.output, *graph.initializer]:
+        removed += len(item.metadata_props)
+        del item.metadata_props[:]
+    return removed
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:

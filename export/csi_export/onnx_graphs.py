@@ -24,6 +24,8 @@ import onnx
 import torch
 from torch import nn
 
+from csi_export.graph_passes import strip_debug_metadata
+
 __all__ = ["EXPORTER", "OPSET", "Axis", "ExportError", "export_graph", "graph_summary"]
 
 logger = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ def export_graph(
         raise ExportError(f"torch.onnx.export returned no program for {type(module).__name__}")
     model = onnx_program.model_proto
     _rename_symbols(program, model, input_name, axes)
+    strip_debug_metadata(model)
     model.doc_string = f"csi {type(module).__name__} exported with {EXPORTER}, torch {torch.__version__}"
     try:
         onnx.checker.check_model(model, full_check=True)

@@ -189,9 +189,9 @@ def test_calibrate_picks_a_threshold(catalog: dict[str, object], tmp_path: Path)
     run = csi("monitor", stream, "--index", catalog["index"], "--out", tmp_path / "m", "--threshold", "0.5",
               "--cohort", "-2")  # fmt: skip
     assert run.returncode == 2 and b"--cohort must be an integer >= 0" in run.stderr
-    # the default cohort of 4 needs 5 works; this catalog has 3
+    # without impostors the default cohort is 4, which needs 5 works; this catalog has 3
     run = csi("calibrate", "--index", catalog["index"], "--positives", tmp_path / "positives.csv",
-              "--negatives", tmp_path / "neg")  # fmt: skip
+              "--negatives", tmp_path / "neg", "--no-impostors")  # fmt: skip
     assert run.returncode != 0 and b"a cohort of 4 works needs an index of at least 5 works" in run.stderr
 
 
@@ -235,6 +235,13 @@ def test_calibrate_and_monitor_with_impostors(catalog: dict[str, object], tmp_pa
     assert cal["frr"] == 0.0 and cal["far"] <= 0.1  # exact excerpts are detected
     stream = Path(catalog["root"]) / "stream.wav"  # type: ignore[arg-type]
     assert monitored_works(catalog, tmp_path / "cal.json", tmp_path / "m") == ["work2", "work0"]
+    # by default (no --impostors, no --cohort) the bundle's impostor set is used: the same threshold
+    auto = csi("calibrate", "--index", catalog["index"], "--positives", tmp_path / "positives.csv",
+               "--negatives", tmp_path / "neg", "--far", "0.1", "--per", "detection",
+               "--hop-s", "5")  # fmt: skip
+    assert auto.returncode == 0, auto.stderr.decode()
+    assert json.loads(auto.stdout)["threshold"] == cal["threshold"]
+    assert json.loads(auto.stdout)["impostors"] == cal["impostors"]
     # the same model without its impostor set
     import shutil
 
@@ -249,6 +256,10 @@ def test_calibrate_and_monitor_with_impostors(catalog: dict[str, object], tmp_pa
     run = csi("calibrate", "--index", catalog["index"], "--positives", tmp_path / "positives.csv",
               "--negatives", tmp_path / "neg", "--impostors", "--model", bare)  # fmt: skip
     assert run.returncode != 0 and b"has no impostor set" in run.stderr
+    # without a set, the default is the catalog cohort (here 4 > the 3 works: refused by name)
+    run = csi("calibrate", "--index", catalog["index"], "--positives", tmp_path / "positives.csv",
+              "--negatives", tmp_path / "neg", "--model", bare)  # fmt: skip
+    assert run.returncode != 0 and b"a cohort of 4 works" in run.stderr
     # an index built without impostor means (another bundle's build)
     no_means = tmp_path / "no_means.csi"
     built = csi("index", "build", Path(catalog["root"]) / "catalog", "-o", no_means, "--model", bare)  # type: ignore[arg-type]

@@ -186,7 +186,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     embedder = _embedder(args)
     index = ReferenceIndex.load(args.index, mmap=True)
     index.check_model(embedder.model_id, embedder.dim)
-    impostors = _impostors(args.impostors, embedder, index, args.index)
+    impostors = _impostors(_use_impostors(args, embedder, index), embedder, index, args.index)
     if args.cohort is None:  # impostor-normalised scores measured best without a cohort on top
         args.cohort = default_cohort(impostors is not None)
     if args.cohort and index.num_works < args.cohort + 1:
@@ -245,6 +245,24 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         atomic_write_text(args.out, text)
     print(text, end="")
     return 0
+
+
+def _use_impostors(args: argparse.Namespace, embedder: Any, index: Any) -> bool:
+    """--impostors / --no-impostors as given; by default, impostor-normalised scores whenever they
+    can be had (the bundle has an impostor set, the index carries its means) and no --cohort is asked
+    for: with the whitened default model they detected more covers at the same false-alarm rate
+    (demo 41 against 30 of 108) and raised fewer false detections (23 against 27 of 760)."""
+    if args.impostors is not None:
+        return bool(args.impostors)
+    if args.cohort is not None:
+        return False
+    from csi_runtime.impostors import ImpostorError, index_has_means
+
+    try:
+        has_set = embedder.impostors is not None
+    except ImpostorError as exc:
+        raise SystemExit(f"csi: {exc} (or pass --no-impostors)") from None
+    return has_set and bool(index_has_means(index))
 
 
 def _impostors(wanted: bool, embedder: Any, index: Any, index_path: str) -> Any:
@@ -469,13 +487,16 @@ def register(sub: Any, index_sub: Any) -> None:
         "--cohort",
         type=_cohort,
         default=None,
-        help="score minus the mean of the next COHORT works' (default 4, with --impostors 0; 0: none)",
+        help="score minus the mean of the next COHORT works' (default 4 without impostors, 0 with "
+        "them; 0: none); giving it turns the default impostors off",
     )
     p.add_argument(
         "--impostors",
-        action="store_true",
-        help="normalise scores with the model bundle's impostor set (csi_runtime.impostors); the "
-        "index must have been built from the same bundle",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="normalise scores with the model bundle's impostor set (csi_runtime.impostors; the "
+        "index must have been built from the same bundle). Default: on when the bundle has a set, "
+        "the index its means and no --cohort is given; --no-impostors: the catalog cohort",
     )
     p.add_argument("-o", "--out", help="write the calibration JSON here")
     add_model_args(p)

@@ -121,7 +121,7 @@ def whiten_checkpoint(
         )
     with torch.no_grad():
         embeddings, works, _, info = embed_manifest(ckpt, manifest, device, max_s, cache_dir, progress)
-    if len(set(works)) < 2 or not _has_pairs(works):
+    if not _has_pairs(works):
         raise WhitenError(
             f"{manifest}: {len(works)} usable files of {len(set(works))} works; learned whitening needs "
             "at least two works and a work with two or more versions"

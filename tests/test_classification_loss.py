@@ -70,6 +70,87 @@ def test_cosine_logits_are_scaled_cosines(rng: np.random.Generator) -> None:
     np.testing.assert_allclose(head.logits(emb).detach().numpy(), expected, rtol=1e-12)
 
 
+@pytest.mark.parametrize(("n_classes", "margin", "eps"), [(2, 0.1, 0.0), (5, 0.2, 0.1), (9, 0.35, 0.1)])
+def test_cosine_margin_loss_matches_naive_reference(
+    rng: np.random.Generator, n_classes: int, margin: float, eps: float
+) -> None:
+    """CosFace: the target logit is s (cos - m); the others s cos; written out in python floats."""
+    dim, scale = 6, 12.0
+    head = ClassificationHead(
+        dim, n_classes, label_smoothing=eps, bn_neck=False, cosine=True, scale=scale, margin=margin
+    )
+    head = head.double()
+    emb = rng.normal(size=(7, dim))
+    labels = rng.integers(0, n_classes, 7)
+    loss, stats = head(torch.from_numpy(emb), torch.from_numpy(labels))
+    w = head.weight.detach().numpy()
+    expected, right = [], 0
+    for e, y in zip(emb, labels):
+        cos = [float(e @ wc / (np.linalg.norm(e) * np.linalg.norm(wc))) for wc in w]
+        expected.append(
+            smoothed_ce_by_hand([scale * (c - margin * (k == y)) for k, c in enumerate(cos)], int(y), eps)
+        )
+        right += int(np.argmax(cos) == y)  # accuracy is judged without the margin
+    assert loss.item() == pytest.approx(float(np.mean(expected)), rel=1e-12)
+    assert stats["accuracy"] == pytest.approx(right / len(labels))
+
+
+def test_cosine_margin_raises_the_loss_of_a_separable_problem() -> None:
+    """With a margin, items the plain cosine loss considers solved still cost until they clear m."""
+    head = ClassificationHead(2, 2, label_smoothing=0.0, bn_neck=False, cosine=True, scale=10.0).double()
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(2, dtype=torch.float64))
+    emb = torch.tensor([[1.0, 0.9], [0.2, 1.0]], dtype=torch.float64)  # right, but close to the boundary
+    labels = torch.tensor([0, 1])
+    plain, _ = head(emb, labels)
+    head.margin = 0.3
+    margined, stats = head(emb, labels)
+    assert margined.item() > plain.item() + 0.5
+    assert stats["accuracy"] == 1.0
+
+
+def test_imprint_sets_class_weights_to_mean_directions(rng: np.random.Generator) -> None:
+    n_classes, dim = 7, 5
+    head = ClassificationHead(dim, n_classes, bn_neck=False, cosine=True).double()
+    before = head.weight.detach().clone()
+    labels = rng.choice([0, 1, 2, 4, 5], size=40)  # classes 3 and 6 have no items
+    emb = rng.normal(size=(40, dim)) * rng.uniform(0.1, 10.0, size=(40, 1))
+    assert head.imprint(torch.from_numpy(emb), torch.from_numpy(labels)) == len(set(labels.tolist()))
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    for c in range(n_classes):
+        if c in labels:
+            mean = unit[labels == c].mean(0)
+            np.testing.assert_allclose(
+                head.weight[c].detach().numpy(), mean / np.linalg.norm(mean), rtol=1e-12
+            )
+        else:
+            torch.testing.assert_close(head.weight[c], before[c], rtol=0, atol=0)
+
+
+def test_imprinted_head_classifies_clusters_without_training(rng: np.random.Generator) -> None:
+    centres = rng.normal(size=(6, 16)) * 3
+    labels = np.repeat(np.arange(6), 10)
+    emb = centres[labels] + rng.normal(size=(60, 16))
+    head = ClassificationHead(16, 6, label_smoothing=0.0, bn_neck=False, cosine=True, scale=10.0)
+    x, y = torch.from_numpy(emb).float(), torch.from_numpy(labels)
+    random_loss, _ = head(x, y)
+    head.imprint(x, y)
+    loss, stats = head(x, y)
+    assert stats["accuracy"] > 0.95 and loss.item() < random_loss.item()
+
+
+def test_imprint_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="needs cosine"):
+        ClassificationHead(4, 3).imprint(torch.zeros(2, 4), torch.tensor([0, 1]))
+    head = ClassificationHead(4, 3, bn_neck=False, cosine=True)
+    with pytest.raises(ValueError, match="NaN"):
+        head.imprint(torch.full((2, 4), float("nan")), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        head.imprint(torch.ones(2, 4), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"emb \[N, 4\]"):
+        head.imprint(torch.ones(2, 5), torch.tensor([0, 1]))
+
+
 def test_bn_neck_normalises_features_and_has_no_learned_shift(rng: np.random.Generator) -> None:
     head = ClassificationHead(5, 4)
     assert head.neck is not None and not head.neck.bias.requires_grad
@@ -125,3 +206,7 @@ def test_head_rejects_bad_input() -> None:
         ClassificationHead(4, 3, label_smoothing=1.0)
     with pytest.raises(ValueError, match="n_classes"):
         ClassificationHead(4, 1)
+    with pytest.raises(ValueError, match="needs cosine"):
+        ClassificationHead(4, 3, margin=0.2)
+    with pytest.raises(ValueError, match="margin"):
+        ClassificationHead(4, 3, cosine=True, margin=1.0)

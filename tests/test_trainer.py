@@ -171,6 +171,39 @@ def test_incompatible_resume_and_damaged_checkpoints_are_refused(corpus: Path, t
         load_checkpoint(tmp_path / "nowhere")
 
 
+def test_cosine_margin_head_trains_and_resumes_exactly(corpus: Path, tmp_path: Path) -> None:
+    over = {"loss__ce_weight": 1.0, "loss__ce_head": "cosine", "loss__ce_margin": 0.2, "loss__ce_scale": 16.0}
+    straight = train(
+        config_from_dict(tiny_config(corpus, tmp_path / "a", optim__epochs=2, **over)), progress=False
+    )
+    assert straight.epochs_run == 2 and straight.best["train"]["ce"] > 0
+    state = torch.load(tmp_path / "a" / "last" / "train_state.pt", weights_only=True)
+    assert set(state["head"]) == {"weight"}  # a cosine head has no BatchNorm neck
+    assert state["head"]["weight"].shape[1] == 32
+    cfg = config_from_dict(tiny_config(corpus, tmp_path / "b", optim__epochs=2, **over))
+    train(cfg, progress=False, stop_after=1)
+    train(cfg, resume=True, progress=False)
+    wa = load_file(str(tmp_path / "a" / "last" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "last" / "model.safetensors"))
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0, msg=key)
+
+
+def test_fine_tuning_imprints_a_cosine_head(
+    corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    train(config_from_dict(tiny_config(corpus, tmp_path / "base", optim__epochs=1)), progress=False)
+    over = {"loss__ce_weight": 1.0, "loss__ce_head": "cosine", "loss__ce_margin": 0.2}
+    cfg = tiny_config(corpus, tmp_path / "ft", optim__epochs=1, optim__lr=1e-12, **over)
+    cfg["init_from"] = str(tmp_path / "base" / "last")
+    with caplog.at_level("INFO", logger="csi_training.trainer"):
+        train(config_from_dict(cfg), progress=False)
+    assert "cosine head imprinted with the mean embeddings of 9 works" in caplog.text
+    weight = torch.load(tmp_path / "ft" / "last" / "train_state.pt", weights_only=True)["head"]["weight"]
+    # imprinted rows are unit mean directions (a random init's norms scatter around 1)
+    torch.testing.assert_close(weight.norm(dim=1), torch.ones(len(weight)), rtol=0, atol=1e-5)
+
+
 def test_init_from_starts_a_new_run_from_a_checkpoints_backbone(corpus: Path, tmp_path: Path) -> None:
     train(config_from_dict(tiny_config(corpus, tmp_path / "base", optim__epochs=1)), progress=False)
     base = load_checkpoint(tmp_path / "base" / "last")

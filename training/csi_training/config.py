@@ -102,13 +102,21 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Triplet loss with online mining, plus an optional label-smoothed classification head."""
+    """Triplet loss with online mining, plus an optional label-smoothed classification head.
+
+    ``ce_head``: ``"bnneck"`` (BatchNorm neck, then a linear classifier: ByteCover-style) or
+    ``"cosine"`` (logits ``ce_scale * (cos(embedding, class weight) - ce_margin)`` on the target,
+    CosFace; acts on the very embedding retrieval ranks by). ``ce_margin`` needs ``ce_head: cosine``.
+    """
 
     mining: Literal["random", "semi_hard", "hard"] = "hard"
     margin: float = 0.3
     distance: Literal["euclidean", "sqeuclidean", "cosine"] = "euclidean"
     ce_weight: float = 0.0
     label_smoothing: float = 0.1
+    ce_head: Literal["bnneck", "cosine"] = "bnneck"
+    ce_scale: float = 30.0
+    ce_margin: float = 0.0
 
     def __post_init__(self) -> None:
         if self.margin <= 0:
@@ -117,6 +125,12 @@ class LossConfig:
             raise ConfigError(f"loss.ce_weight must be >= 0, got {self.ce_weight}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not self.ce_scale > 0:
+            raise ConfigError(f"loss.ce_scale must be > 0, got {self.ce_scale}")
+        if not 0.0 <= self.ce_margin < 1.0:
+            raise ConfigError(f"loss.ce_margin must be in [0, 1), got {self.ce_margin}")
+        if self.ce_margin > 0 and self.ce_head != "cosine":
+            raise ConfigError(f"loss.ce_margin needs loss.ce_head: cosine (got ce_head: {self.ce_head})")
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,28 @@ class TrainNet(nn.Module):
         return emb, ce, float(stats["accuracy"])
 
 
+def _imprint_head(
+    head: Any,
+    backbone: nn.Module,
+    train_set: FeatureSet,
+    batches: FeatureBatches,
+    device: torch.device,
+    config: TrainConfig,
+    frame_rate: float,
+) -> None:
+    """A cosine head fine-tuning a trained backbone starts from its classes' mean embeddings: a
+    random one costs the backbone several epochs of what it had learnt (measured: validation MAP
+    0.70 → 0.61 over 3 epochs before recovering)."""
+    t0 = time.monotonic()
+    max_frames = max(8, round(config.data.eval_max_s * frame_rate))  # as validation embeds tracks
+    with torch.no_grad():
+        emb = embed_features(backbone, train_set.features, device, max_frames=max_frames)
+    n = head.imprint(torch.from_numpy(emb), torch.from_numpy(batches.item_labels))
+    logger.info(
+        "cosine head imprinted with the mean embeddings of %d works (%.0f s)", n, time.monotonic() - t0
+    )
+
+
 # -- the loop ------------------------------------------------------------------------------------
 
 
@@ -179,8 +201,15 @@ def _train(
     if config.loss.ce_weight > 0:
         from csi_training.losses import ClassificationHead
 
+        cosine = config.loss.ce_head == "cosine"
         head = ClassificationHead(
-            config.model.embedding_dim, len(batches.labels), label_smoothing=config.loss.label_smoothing
+            config.model.embedding_dim,
+            len(batches.labels),
+            label_smoothing=config.loss.label_smoothing,
+            bn_neck=not cosine,
+            cosine=cosine,
+            scale=config.loss.ce_scale,
+            margin=config.loss.ce_margin,
         )
     from csi_training.losses import TripletLoss
 
@@ -234,6 +263,8 @@ def _train(
         if config.init_from:
             init_backbone(config.init_from, encoder.backbone, config)
             logger.info("backbone initialised from %s", config.init_from)
+            if isinstance(batches, FeatureBatches) and getattr(head, "cosine", False):
+                _imprint_head(head, encoder.backbone, train_set, batches, device, config, frame_rate)
     eval_frames = max(8, round(config.data.eval_max_s * frame_rate))
     info_base = {
         "train_works": len(batches.labels),

@@ -204,6 +204,32 @@ def test_fine_tuning_imprints_a_cosine_head(
     torch.testing.assert_close(weight.norm(dim=1), torch.ones(len(weight)), rtol=0, atol=1e-5)
 
 
+def test_rendered_baseline_margin_stage(corpus: Path, tmp_path: Path) -> None:
+    import argparse
+
+    from csi_training.experiments.rendered_baseline import _describe_stage, _margin_stage
+
+    base = tiny_config(corpus, tmp_path / "model_bc", optim__epochs=1, loss__ce_weight=1.0)
+    train(config_from_dict(base), progress=False)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(base))
+    args = argparse.Namespace(
+        config=str(config_file),
+        no_train=False,
+        margin_ce=0.25,
+        margin_scale=16.0,
+        margin_epochs=1,
+        margin_lr=1e-3,
+    )
+    out, stage = _margin_stage(args, tmp_path, corpus, tmp_path / "model_bc")
+    assert out == tmp_path / "model_bcm"
+    tuned = load_checkpoint(out / "best")
+    assert tuned.config.loss.ce_head == "cosine" and tuned.config.loss.ce_margin == 0.25
+    assert tuned.config.init_from == str(tmp_path / "model_bc" / "best")
+    assert stage == {"model": "model_bcm", "ce_margin": 0.25, "ce_scale": 16.0, "epochs": 1, "lr": 1e-3}
+    assert "margin 0.25 (scale 16)" in _describe_stage(stage)
+
+
 def test_init_from_starts_a_new_run_from_a_checkpoints_backbone(corpus: Path, tmp_path: Path) -> None:
     train(config_from_dict(tiny_config(corpus, tmp_path / "base", optim__epochs=1)), progress=False)
     base = load_checkpoint(tmp_path / "base" / "last")

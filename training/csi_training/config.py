@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -76,6 +77,12 @@ class ModelConfig:
 
     whitening: a learned whitening layer after the backbone (``csi_training.models.whitening``). It
     is fitted after training by ``csi whiten``, which sets it; training refuses a config with it on.
+
+    track_window_s / track_hop_s: multi-scale track vectors (``csi_training.track_pooling``). When
+    track_window_s > 0, a track's vector is the normalised sum of its whole-track embedding and the
+    mean of the unit embeddings of windows of track_window_s seconds every track_hop_s seconds; 0
+    keeps the whole-track embedding alone. Set after training by ``csi pooling``; exported bundles
+    carry it, so the runtime's track vectors equal the evaluated ones.
     """
 
     name: Literal["cqtnet", "mart"] = "cqtnet"
@@ -87,8 +94,19 @@ class ModelConfig:
     window_frames: int = 128
     window_hop: int = 64
     whitening: bool = False
+    track_window_s: float = 0.0
+    track_hop_s: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.track_window_s) and self.track_window_s >= 0):
+            raise ConfigError(f"model.track_window_s must be >= 0 seconds, got {self.track_window_s}")
+        if self.track_window_s > 0 and not (
+            math.isfinite(self.track_hop_s) and 0 < self.track_hop_s <= self.track_window_s
+        ):
+            raise ConfigError(
+                "model.track_hop_s must be in (0, track_window_s] when track_window_s > 0, got "
+                f"{self.track_hop_s} (window {self.track_window_s})"
+            )
         if self.window_frames < 1 or not 1 <= self.window_hop <= self.window_frames:
             raise ConfigError(
                 "model.window_frames must be >= 1 and model.window_hop in [1, window_frames] (a larger "

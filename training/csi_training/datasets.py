@@ -123,12 +123,31 @@ def load_manifest_features(
 
 @torch.no_grad()
 def embed_features(
-    backbone: nn.Module, features: Sequence[np.ndarray], device: torch.device, max_frames: int | None = None
+    backbone: nn.Module,
+    features: Sequence[np.ndarray],
+    device: torch.device,
+    max_frames: int | None = None,
+    track_windows: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Track-level embeddings float32 [N, D] of whole tracks (optionally cut to ``max_frames``).
 
     Tracks of equal length are batched together; the backbone pools over time, so lengths may differ.
+    track_windows: (window, hop) in frames for multi-scale vectors (``csi_training.track_pooling``).
     """
+    whole = _embed_tracks(backbone, features, device, max_frames)
+    if track_windows is None or not len(features):
+        return whole
+    from csi_training.track_pooling import combine_scales, window_crops
+
+    cut = [f[:, :max_frames] for f in features]
+    crops, owner = window_crops(cut, *track_windows, int(getattr(backbone, "min_frames", 1)))
+    windows = _embed_tracks(backbone, crops, device, None) if crops else np.zeros((0, whole.shape[1]))
+    return combine_scales(whole, windows, owner)
+
+
+def _embed_tracks(
+    backbone: nn.Module, features: Sequence[np.ndarray], device: torch.device, max_frames: int | None
+) -> np.ndarray:
     was_training = backbone.training
     backbone.eval()
     order = sorted(range(len(features)), key=lambda i: features[i].shape[1])

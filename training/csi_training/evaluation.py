@@ -26,13 +26,17 @@ def embed_manifest(
     max_s: float | None = None,
     cache_dir: str | Path | None = None,
     progress: Callable[[int], None] | None = None,
+    multiscale: bool = True,
 ) -> tuple[np.ndarray, list[str], list[str], dict[str, Any]]:
     """(embeddings [N, D] float32, work ids, version ids, info) for the usable files of a manifest.
 
     ``checkpoint``: a checkpoint folder, or one already loaded (its encoder is moved to ``device``).
+    Track vectors are multi-scale when the checkpoint's ``model.track_window_s`` says so
+    (``csi_training.track_pooling``), unless ``multiscale`` is False (whole-track embeddings).
     """
     from csi_training.data import read_manifest
     from csi_training.feature_cache import FeatureCache
+    from csi_training.track_pooling import track_window_frames
 
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     dev = resolve_device(device)
@@ -45,7 +49,11 @@ def embed_manifest(
     frontend = encoder.frontend.cpu()
     feats = load_manifest_features(entries, frontend, cache, max_s, progress)
     with autocast(dev, ckpt.config.amp and dev.type == "cuda"):
-        emb = embed_features(encoder.backbone, feats.features, dev)
+        model = ckpt.config.model
+        windows = track_window_frames(model.track_window_s, model.track_hop_s, frontend.frame_rate)
+        emb = embed_features(
+            encoder.backbone, feats.features, dev, track_windows=windows if multiscale else None
+        )
     info = {
         "files": len(entries),
         "used": len(feats),
@@ -54,6 +62,7 @@ def embed_manifest(
         "checkpoint": str(ckpt.path),
         "epoch": ckpt.info.get("epoch"),
         "manifest": str(manifest),
+        "track_window_s": model.track_window_s if multiscale else 0.0,
     }
     return emb.astype(np.float32), feats.work_ids, feats.version_ids, info
 

@@ -33,6 +33,7 @@ from csi_training.datasets import FeatureSet, embed_features
 from csi_training.distributed import Process, autocast, cpu_supports_bf16, init_process, resolve_device
 from csi_training.losses import ClassificationHead
 from csi_training.models.encoder import build_encoder
+from csi_training.track_pooling import track_window_frames
 from csi_training.training_data import (
     FeatureBatches,
     OnlineBatches,
@@ -120,12 +121,18 @@ def _lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _validate(backbone: nn.Module, val: FeatureSet, device: torch.device, max_frames: int) -> dict[str, Any]:
+def _validate(
+    backbone: nn.Module,
+    val: FeatureSet,
+    device: torch.device,
+    max_frames: int,
+    track_windows: tuple[int, int] | None = None,
+) -> dict[str, Any]:
     from csi_training.metrics import evaluate
 
     if len(val) < 2 or len(set(val.work_ids)) < 2:
         return {}
-    emb = embed_features(backbone, val.features, device, max_frames=max_frames)
+    emb = embed_features(backbone, val.features, device, max_frames=max_frames, track_windows=track_windows)
     result = evaluate(emb, val.work_ids)
     return {
         k: (float(v) if isinstance(v, int | float | np.floating | np.integer) else v)
@@ -196,6 +203,7 @@ def _train(
         batches = FeatureBatches(config, train_set, frame_rate, proc)
 
     eval_frames = max(8, round(config.data.eval_max_s * frame_rate))  # tracks as validation embeds them
+    track_windows = track_window_frames(config.model.track_window_s, config.model.track_hop_s, frame_rate)
     head: nn.Module | None = None
     if config.loss.ce_weight > 0:
         cosine = config.loss.ce_head == "cosine"
@@ -336,7 +344,7 @@ def _train(
             _check_replicas(recipe, proc)  # the training-only networks must stay replicas too
         if proc.main:
             with autocast(device, config.amp):
-                record["val"] = _validate(encoder.backbone, val_set, device, eval_frames)
+                record["val"] = _validate(encoder.backbone, val_set, device, eval_frames, track_windows)
             history.append(record)
             val_map = record["val"].get("MAP", -1.0)
             logger.info(

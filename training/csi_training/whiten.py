@@ -31,16 +31,6 @@ __all__ = ["DEFAULT_REGULARIZATIONS", "WhitenError", "select_regularization", "w
 DEFAULT_REGULARIZATIONS: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
 #: ε used when the manifest has too few validation works to choose one
 FALLBACK_REGULARIZATION = 1e-4
-#: header keys save_checkpoint writes itself (not carried over from the source checkpoint)
-_HEADER_KEYS = (
-    "format",
-    "format_version",
-    "config",
-    "frontend",
-    "embedding_dim",
-    "sample_rate",
-    "torch_version",
-)
 
 
 class WhitenError(ValueError):
@@ -106,7 +96,7 @@ def whiten_checkpoint(
     number) of works for choosing ε (default: the checkpoint's ``data.val_works``).
     """
     from csi_training.batching import split_works
-    from csi_training.checkpoint import load_checkpoint, save_checkpoint
+    from csi_training.checkpoint import WRITTEN_HEADER_KEYS, load_checkpoint, save_checkpoint
     from csi_training.evaluation import embed_manifest
     from csi_training.models.encoder import build_encoder
 
@@ -120,7 +110,9 @@ def whiten_checkpoint(
             "fit to the checkpoint it came from"
         )
     with torch.no_grad():
-        embeddings, works, _, info = embed_manifest(ckpt, manifest, device, max_s, cache_dir, progress)
+        embeddings, works, _, info = embed_manifest(
+            ckpt, manifest, device, max_s, cache_dir, progress, multiscale=False
+        )
     if not _has_pairs(works):
         raise WhitenError(
             f"{manifest}: {len(works)} usable files of {len(set(works))} works; learned whitening needs "
@@ -164,7 +156,7 @@ def whiten_checkpoint(
         "pairs": fit.n_pairs,
         "skipped_files": len(info["skipped"]),
     }
-    carried = {k: v for k, v in ckpt.info.items() if k not in _HEADER_KEYS}
+    carried = {k: v for k, v in ckpt.info.items() if k not in WRITTEN_HEADER_KEYS}
     save_checkpoint(
         out, encoder, config, {**carried, "whitening": report}, {**ckpt.metrics, "whitening": report}
     )

@@ -226,6 +226,12 @@ def test_exported_bundle_gives_the_evaluated_track_vectors(
     assert (encoder["track_window_frames"], encoder["track_hop_frames"]) == (20, 10)
     assert json.loads((bundle / "model.json").read_text())["schema_version"] == SCHEMA_VERSION == 2
 
+    plain = json.loads((export_bundle(checkpoint, tmp_path / "plain").path / "model.json").read_text())
+    assert plain["encoder"]["track_window_frames"] == plain["encoder"]["track_hop_frames"] == 0
+    # the same graphs, but other track vectors: another model id
+    assert (bundle / "encoder.onnx").read_bytes() == (tmp_path / "plain" / "encoder.onnx").read_bytes()
+    assert plain["model_id"] != json.loads((bundle / "model.json").read_text())["model_id"]
+
     expected, _, _, info = embed_manifest(tmp_path / "p", manifest, device="cpu")
     embedder = Embedder(bundle, backend="onnxruntime")
     got = np.stack([embedder.embed_file(p) for p in info["paths"]])

@@ -246,7 +246,10 @@ def export_bundle(
             "providers": ["CPUExecutionProvider"],
         }
 
-    identity = hashlib.sha256(files["frontend.onnx"] + files["encoder.onnx"]).hexdigest()[:12]
+    identity_bytes = files["frontend.onnx"] + files["encoder.onnx"]
+    if track["track_window_frames"]:  # track vectors differ from the same graphs' whole-track ones
+        identity_bytes += f"track:{track['track_window_frames']}/{track['track_hop_frames']}".encode()
+    identity = hashlib.sha256(identity_bytes).hexdigest()[:12]
     model_cfg = config.model
     manifest: dict[str, Any] = {
         "format": BUNDLE_FORMAT,

@@ -24,7 +24,7 @@ from csi_training.frontends import Frontend
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FeatureSet", "embed_features", "load_manifest_features"]
+__all__ = ["FeatureSet", "add_window_scale", "embed_features", "load_manifest_features"]
 
 
 @dataclass
@@ -135,10 +135,25 @@ def embed_features(
     track_windows: (window, hop) in frames for multi-scale vectors (``csi_training.track_pooling``).
     """
     whole = _embed_tracks(backbone, features, device, max_frames)
-    if track_windows is None or not len(features):
+    if track_windows is None:
         return whole
+    return add_window_scale(backbone, features, device, whole, track_windows, max_frames)
+
+
+def add_window_scale(
+    backbone: nn.Module,
+    features: Sequence[np.ndarray],
+    device: torch.device,
+    whole: np.ndarray,
+    track_windows: tuple[int, int],
+    max_frames: int | None = None,
+) -> np.ndarray:
+    """Multi-scale vectors float32 [N, D] from the whole-track embeddings ``whole`` [N, D] of
+    ``features`` (as :func:`embed_features` gives them) and windows of (window, hop) frames."""
     from csi_training.track_pooling import combine_scales, window_crops
 
+    if not len(features):
+        return whole
     cut = [f[:, :max_frames] for f in features]
     crops, owner = window_crops(cut, *track_windows, int(getattr(backbone, "min_frames", 1)))
     windows = _embed_tracks(backbone, crops, device, None) if crops else np.zeros((0, whole.shape[1]))

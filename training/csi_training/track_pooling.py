@@ -93,18 +93,23 @@ def select_track_windows(
 ) -> tuple[float, list[dict[str, float]]]:
     """The candidate window (seconds; 0 = whole track only) with the best leave-one-out MAP on
     ``features`` of ``works`` (ties go to the earlier candidate), and every candidate's row."""
-    from csi_training.datasets import embed_features
+    from csi_training.datasets import add_window_scale, embed_features
     from csi_training.metrics import evaluate
 
     rows = []
     min_frames = int(getattr(backbone, "min_frames", 1))
+    whole = embed_features(backbone, features, device, max_frames=max_frames)  # shared by every candidate
     for window_s in candidates:
         frames = track_window_frames(window_s, window_s / 2, frame_rate)
         if frames is not None and frames[0] < min_frames:
             raise ValueError(
                 f"a {window_s:g} s track window is {frames[0]} frames; the encoder needs ≥ {min_frames}"
             )
-        emb = embed_features(backbone, features, device, max_frames=max_frames, track_windows=frames)
+        emb = (
+            whole
+            if frames is None
+            else add_window_scale(backbone, features, device, whole, frames, max_frames)
+        )
         metrics = evaluate(emb, list(works))
         rows.append({"window_s": float(window_s), "hop_s": window_s / 2, "MAP": float(metrics["MAP"])})
         logger.info("track window %g s: validation MAP %.4f", window_s, rows[-1]["MAP"])

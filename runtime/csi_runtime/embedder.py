@@ -191,7 +191,9 @@ class Embedder:
     def embed_batch(self, waveforms: Sequence[Any], sample_rate: int) -> np.ndarray:
         """Track-level embeddings of several waveforms (lengths may differ) → float32 [N, D].
 
-        Waveforms of equal length share one frontend and one encoder call.
+        Waveforms of equal length share one frontend and one encoder call (one by one, as ``embed``
+        forms them, when the bundle has multi-scale track vectors or a waveform is longer than
+        ``max_frames``).
         """
         prepared = []
         for i, w in enumerate(waveforms):

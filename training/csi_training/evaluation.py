@@ -48,9 +48,9 @@ def embed_manifest(
         cache = FeatureCache.for_frontend(cache_dir, ckpt.info["frontend"], max_s)
     frontend = encoder.frontend.cpu()
     feats = load_manifest_features(entries, frontend, cache, max_s, progress)
+    model = ckpt.config.model
+    windows = track_window_frames(model.track_window_s, model.track_hop_s, frontend.frame_rate)
     with autocast(dev, ckpt.config.amp and dev.type == "cuda"):
-        model = ckpt.config.model
-        windows = track_window_frames(model.track_window_s, model.track_hop_s, frontend.frame_rate)
         emb = embed_features(
             encoder.backbone, feats.features, dev, track_windows=windows if multiscale else None
         )

@@ -82,6 +82,17 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
+def _checked_frames(window_s: float, frame_rate: float, min_frames: int) -> tuple[int, int] | None:
+    """track_window_frames for a window of window_s (hop half of it), refused when shorter than the
+    encoder's min_frames."""
+    frames = track_window_frames(window_s, window_s / 2, frame_rate)
+    if frames is not None and frames[0] < min_frames:
+        raise ValueError(
+            f"a {window_s:g} s track window is {frames[0]} frames; the encoder needs ≥ {min_frames}"
+        )
+    return frames
+
+
 def select_track_windows(
     backbone: torch.nn.Module,
     features: Sequence[np.ndarray],
@@ -100,11 +111,7 @@ def select_track_windows(
     min_frames = int(getattr(backbone, "min_frames", 1))
     whole = embed_features(backbone, features, device, max_frames=max_frames)  # shared by every candidate
     for window_s in candidates:
-        frames = track_window_frames(window_s, window_s / 2, frame_rate)
-        if frames is not None and frames[0] < min_frames:
-            raise ValueError(
-                f"a {window_s:g} s track window is {frames[0]} frames; the encoder needs ≥ {min_frames}"
-            )
+        frames = _checked_frames(window_s, frame_rate, min_frames)
         emb = (
             whole
             if frames is None
@@ -138,7 +145,6 @@ def set_track_pooling(
     """
     from csi_training.batching import split_works
     from csi_training.checkpoint import WRITTEN_HEADER_KEYS, load_checkpoint, save_checkpoint
-    from csi_training.config import ConfigError
     from csi_training.data import read_manifest
     from csi_training.datasets import load_manifest_features
     from csi_training.distributed import resolve_device
@@ -174,18 +180,9 @@ def set_track_pooling(
             window_s, rows = select_track_windows(
                 ckpt.encoder.backbone.to(dev), feats.features, feats.work_ids, frame_rate, dev, candidates
             )
-    try:
-        model = dataclasses.replace(
-            ckpt.config.model, track_window_s=float(window_s), track_hop_s=window_s / 2
-        )
-    except ConfigError as exc:
-        raise ValueError(f"window_s={window_s}: {exc}") from exc
-    frames = track_window_frames(model.track_window_s, model.track_hop_s, frame_rate)
-    min_frames = int(getattr(ckpt.encoder.backbone, "min_frames", 1))
-    if frames is not None and frames[0] < min_frames:
-        raise ValueError(
-            f"a {window_s:g} s track window is {frames[0]} frames; the encoder needs ≥ {min_frames}"
-        )
+    # ModelConfig refuses a negative or non-finite window (ConfigError is a ValueError)
+    model = dataclasses.replace(ckpt.config.model, track_window_s=float(window_s), track_hop_s=window_s / 2)
+    _checked_frames(window_s, frame_rate, int(getattr(ckpt.encoder.backbone, "min_frames", 1)))
     config = dataclasses.replace(ckpt.config, model=model)
     report = {
         "source": str(Path(checkpoint).resolve()),

@@ -435,38 +435,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     training_info = json.loads((final / "config.json").read_text())
     note = f"{config.model.width}, {config.model.embedding_dim}-d"
     rows = []
+
+    def ours(checkpoint: Path, label: str) -> tuple[dict[str, Any], np.ndarray, list[str], dict[str, Any]]:
+        """The test table's row of ``checkpoint`` (with the note so far), and its test embeddings."""
+        emb, works, info = _embed(checkpoint, test_manifest, work_dir, args.device)
+        return _metrics_row(label, evaluate(emb, works), len(works), note), emb, works, info
+
     if args.whiten:
-        raw, raw_works, _ = _embed(final, test_manifest, work_dir, args.device)
-        rows.append(
-            _metrics_row(
-                "csi MOVE-style CQTNet (ours), before whitening",
-                evaluate(raw, raw_works),
-                len(raw_works),
-                note,
-            )
-        )
+        rows.append(ours(final, "csi MOVE-style CQTNet (ours), before whitening")[0])
         final, stage = _whiten_stage(args, work_dir, final, last_manifest, model_dir.name + "w")
         stages.append(stage)
         note += ", learned whitening"
 
     if args.track_pooling:
-        single, single_works, _ = _embed(final, test_manifest, work_dir, args.device)
-        rows.insert(
-            0,
-            _metrics_row(
-                "csi MOVE-style CQTNet (ours), whole-track vectors",
-                evaluate(single, single_works),
-                len(single_works),
-                note,
-            ),
-        )
+        rows.insert(0, ours(final, "csi MOVE-style CQTNet (ours), whole-track vectors")[0])
         final, stage = _pooling_stage(args, work_dir, final, last_manifest, final.name + "p")
         stages.append(stage)
         if stage["window_s"] > 0:
             note += f", multi-scale track vectors ({stage['window_s']:g} s windows)"
 
-    emb, work_ids, info = _embed(final, test_manifest, work_dir, args.device)
-    rows.insert(0, _metrics_row("csi MOVE-style CQTNet (ours)", evaluate(emb, work_ids), len(work_ids), note))
+    row, emb, work_ids, info = ours(final, "csi MOVE-style CQTNet (ours)")
+    rows.insert(0, row)
 
     ftm = FTM2D().fit(beat_chroma)
     vecs = ftm.transform(beat_chroma)

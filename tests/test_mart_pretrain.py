@@ -181,6 +181,29 @@ def test_doc_table_is_replaced_between_markers(tmp_path: Path) -> None:
     assert "old table" not in text and text.count(DOC_BEGIN) == 1
     assert text.startswith("# MART\n\nbefore") and text.rstrip().endswith("after")
     assert "smoke run" in text and "| MART | 0.500 | 0.100 | 3.0 | 0.250 |" in text
+    assert "chance" not in text  # results written before the chance row existed still render
+
+    results["scale"], results["chance"] = "medium", {"MAP": 0.02, "P@10": 0.01, "MR1": 99.0}
+    write_doc_table(doc, results)
+    text = doc.read_text()
+    assert "smoke run" not in text and "an hour" in text
+    assert text.count("| random unit vectors (chance, mean of 5 draws) | 0.020 | 0.010 | 99.0 | |") == 2
+
+
+def test_chance_level_matches_random_rankings() -> None:
+    """chance_metrics (random unit vectors through the metrics) against the exact expected AP of a
+    random ranking: R relevant among N items, E[AP] = (H_N + (R - 1)(N - H_N)/(N - 1)) / N."""
+    from csi_training.experiments.mart import chance_metrics
+
+    rng = np.random.default_rng()
+    for works, versions in ((60, 2), (50, 4), (30, 6)):
+        ids = [f"w{w}" for w in range(works) for _ in range(versions)]
+        n_items, relevant = len(ids) - 1, versions - 1
+        harmonic = float(np.sum(1.0 / np.arange(1, n_items + 1)))
+        expected = (harmonic + (relevant - 1) * (n_items - harmonic) / (n_items - 1)) / n_items
+        got = chance_metrics(ids, dim=64, draws=160, seed=int(rng.integers(1 << 30)))
+        assert abs(got["MAP"] - expected) < 0.12 * expected, (works, versions, got["MAP"], expected)
+        assert got["MR1"] > n_items / (2 * relevant + 2)  # the first relevant item sits deep
 
 
 def test_cli_refuses_unknown_finetune_settings(tmp_path: Path) -> None:

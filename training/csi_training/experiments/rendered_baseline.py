@@ -99,6 +99,33 @@ def _metrics_row(name: str, metrics: dict[str, Any], items: int, note: str = "")
     return row
 
 
+def collection_of(work_id: str) -> str:
+    """The source collection of a corpus work id: ``m21:bach/bwv11.6.mxl`` → ``bach``."""
+    name = work_id.split(":", 1)[-1]
+    return name.split("/", 1)[0] if "/" in name else "(none)"
+
+
+def by_collection(per_query: dict[str, np.ndarray], work_ids: list[str]) -> dict[str, dict[str, float]]:
+    """MAP and Top-1 of the queries of each collection (each query still ranks every track).
+
+    ``per_query``: :func:`~csi_training.metrics.evaluate`'s per-query arrays over ``work_ids``.
+    """
+    groups: dict[str, list[int]] = {}
+    for q in per_query["index"][per_query["n_relevant"] > 0]:
+        groups.setdefault(collection_of(work_ids[int(q)]), []).append(int(q))
+    row_of = {int(q): r for r, q in enumerate(per_query["index"])}
+    out = {}
+    for name, queries in sorted(groups.items()):
+        rows = [row_of[q] for q in queries]
+        out[name] = {
+            "queries": len(rows),
+            "works": len({work_ids[q] for q in queries}),
+            "MAP": float(np.mean(per_query["AP"][rows])),
+            "Top1": float(np.mean(per_query["rank1"][rows] <= 1)),
+        }
+    return out
+
+
 def _render(
     args: argparse.Namespace,
     works: list[Any],
@@ -436,10 +463,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     note = f"{config.model.width}, {config.model.embedding_dim}-d"
     rows = []
 
+    collections: dict[str, dict[str, dict[str, float]]] = {}
+
     def ours(checkpoint: Path, label: str) -> tuple[dict[str, Any], np.ndarray, list[str], dict[str, Any]]:
         """The test table's row of ``checkpoint`` (with the note so far), and its test embeddings."""
         emb, works, info = _embed(checkpoint, test_manifest, work_dir, args.device)
-        return _metrics_row(label, evaluate(emb, works), len(works), note), emb, works, info
+        metrics = evaluate(emb, works, return_per_query=True)
+        collections[label] = by_collection(metrics["per_query"], works)
+        return _metrics_row(label, metrics, len(works), note), emb, works, info
 
     if args.whiten:
         rows.append(ours(final, "csi MOVE-style CQTNet (ours), before whitening")[0])
@@ -459,13 +490,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     ftm = FTM2D().fit(beat_chroma)
     vecs = ftm.transform(beat_chroma)
+    ftm_name = "2D Fourier-transform magnitude (Bertin-Mahieux & Ellis 2012)"
+    ftm_metrics = evaluate_distances(euclidean_distances(vecs), works_kept, return_per_query=True)
+    collections[ftm_name] = by_collection(ftm_metrics["per_query"], list(works_kept))
     rows.append(
-        _metrics_row(
-            "2D Fourier-transform magnitude (Bertin-Mahieux & Ellis 2012)",
-            evaluate_distances(euclidean_distances(vecs), works_kept),
-            len(works_kept),
-            "beat-synchronous HPCP, 75-beat patches, median",
-        )
+        _metrics_row(ftm_name, ftm_metrics, len(works_kept), "beat-synchronous HPCP, 75-beat patches, median")
     )
 
     sub_works = [works_kept[i] for i in sub]
@@ -505,6 +534,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             (st["epochs"] for st in reversed(stages) if "epochs" in st), config.optim.epochs
         ),
         "stages": stages,
+        "by_collection": collections,
         "model": str(final),
         "config": str(args.config),
         "renderer": args.renderer,
@@ -536,7 +566,30 @@ def _write_report(path: Path, result: dict[str, Any], args: argparse.Namespace) 
             f"| {r['system']} | {r['items']} | {r.get('MAP', 0):.3f} | {r.get('P@10', 0):.3f} | "
             f"{r.get('MR1', 0):.2f} | {r.get('MRR', 0):.3f} | {r.get('Top1', 0):.3f} | {r['note']} |"
         )
+    lines += _collection_table(result.get("by_collection", {}), [r["system"] for r in result["rows"]])
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _collection_table(collections: dict[str, dict[str, dict[str, float]]], order: list[str]) -> list[str]:
+    """Markdown lines: MAP / Top-1 of each system's queries by source collection, rows in `order`."""
+    names = sorted({c for per in collections.values() for c in per})
+    if not names:
+        return []
+    works = {c: max(int(per[c]["works"]) for per in collections.values() if c in per) for c in names}
+    header = " | ".join(f"{c} ({works[c]} works)" for c in names)
+    lines = [
+        "",
+        "By source collection (the queries of each collection; each still ranks all test tracks), "
+        "MAP / Top1:",
+        "",
+        f"| system | {header} |",
+        "|---|" + "---|" * len(names),
+    ]
+    for system in sorted(collections, key=lambda name: order.index(name) if name in order else len(order)):
+        per = collections[system]
+        cells = " | ".join(f"{per[c]['MAP']:.3f} / {per[c]['Top1']:.3f}" if c in per else "" for c in names)
+        lines.append(f"| {system} | {cells} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from csi_training.batching import CliqueBatchSampler, split_works
+from csi_training.batching import CliqueBatchSampler, collection_of, collection_weights, split_works
 
 
 def test_split_is_by_work_disjoint_and_stable(rng: np.random.Generator) -> None:
@@ -67,3 +67,79 @@ def test_too_few_works_is_a_clear_error() -> None:
         CliqueBatchSampler(
             {0: [0, 1], 1: [2, 3], 2: [4]}, works_per_batch=4, versions_per_work=2, world_size=2
         )
+
+
+def test_collection_weights_balance_collections() -> None:
+    labels = {f"m21:bach/b{i}": i for i in range(10)}
+    labels.update({f"m21:essen/e{i}": 10 + i for i in range(40)})
+    labels["plain"] = 50
+    assert collection_weights(labels, 0.0) is None
+    w = collection_weights(labels, 1.0)
+    assert w is not None
+    by_collection: dict[str, float] = {}
+    for work, label in labels.items():
+        by_collection[collection_of(work)] = by_collection.get(collection_of(work), 0.0) + w[label]
+    assert by_collection == pytest.approx({"bach": 1.0, "essen": 1.0, "(none)": 1.0})
+    half = collection_weights(labels, 0.5)
+    assert half is not None and half[0] == pytest.approx(10**-0.5) and half[10] == pytest.approx(40**-0.5)
+
+
+@pytest.mark.parametrize(("world", "p"), [(1, 4), (2, 3)])
+def test_weighted_batches_follow_the_weights(world: int, p: int) -> None:
+    """Distinct works per global batch, drawn as often as sequential weighted sampling without
+    replacement predicts (computed exactly by enumeration for a small case)."""
+    import itertools
+
+    rng = np.random.default_rng()
+    n_works = 6
+    items = {w: list(range(3 * w, 3 * w + 3)) for w in range(n_works)}
+    weights = {w: float(rng.uniform(0.2, 3.0)) for w in range(n_works)}
+    steps = 4000
+    counts = np.zeros(n_works)
+    samplers = [
+        CliqueBatchSampler(
+            items, p, 2, seed=3, rank=r, world_size=world, steps_per_epoch=steps, work_weights=weights
+        )
+        for r in range(world)
+    ]
+    for batches in zip(*samplers, strict=True):
+        works = [i // 3 for batch in batches for i in batch[::2]]
+        assert len(set(works)) == p * world  # distinct works across the ranks of a step
+        for batch in batches:
+            assert all(batch[2 * j] // 3 == batch[2 * j + 1] // 3 for j in range(p))  # K of one work
+        counts[works] += 1
+    # exact inclusion probabilities of successive draws without replacement, proportional to weight
+    w = np.array([weights[i] for i in range(n_works)])
+    inclusion = np.zeros(n_works)
+    for seq in itertools.permutations(range(n_works), p * world):
+        prob, left = 1.0, w.sum()
+        for i in seq:
+            prob *= w[i] / left
+            left -= w[i]
+        inclusion[list(seq)] += prob
+    expected = inclusion * steps
+    assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected) + 1), (counts, expected)
+
+
+def test_weighted_sampler_refuses_bad_weights() -> None:
+    items = {w: [2 * w, 2 * w + 1] for w in range(4)}
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="work weights"):
+            CliqueBatchSampler(items, 2, 2, work_weights={0: 1.0, 1: 1.0, 2: 1.0, 3: bad})
+
+
+def test_trainer_logs_the_collection_shares(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from csi_training.config import config_from_dict
+    from csi_training.training_data import _work_weights
+
+    labels = {f"m21:bach/b{i}": i for i in range(5)}
+    labels.update({f"m21:essen/e{i}": 5 + i for i in range(15)})
+    off = config_from_dict({"data": {"manifest": "m.csv"}})
+    assert _work_weights(off, labels) is None
+    on = config_from_dict({"data": {"manifest": "m.csv", "balance_collections": 1.0}})
+    with caplog.at_level(logging.INFO, logger="csi_training.trainer"):
+        weights = _work_weights(on, labels)
+    assert weights is not None and weights[0] == pytest.approx(3 * weights[5])
+    assert "share of draws: bach 50%, essen 50%" in caplog.text

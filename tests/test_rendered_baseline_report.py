@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from csi_training.experiments.rendered_baseline import _write_report, by_collection, collection_of
+from csi_training.batching import collection_of
+from csi_training.experiments.rendered_baseline import _write_report, by_collection
 from csi_training.metrics import evaluate
 
 

@@ -79,6 +79,14 @@ def test_round_trip_through_dict_and_json() -> None:
         ({"data": {"source": "manifest"}}, "data.manifest is required"),
         ({"data": {"manifest": "m.csv", "versions_per_work": 1}}, "versions_per_work must be >= 2"),
         ({"data": {"manifest": "m.csv", "val_works": 1.5}}, "val_works"),
+        (
+            {"data": {"manifest": "m.csv", "balance_collections": 1.5}},
+            "balance_collections must be in [0, 1]",
+        ),
+        (
+            {"data": {"manifest": "m.csv", "balance_collections": -0.1}},
+            "balance_collections must be in [0, 1]",
+        ),
         ({"loss": {"margin": -1}}, "loss.margin must be > 0"),
         ({"loss": {"ce_margin": 0.2}}, "ce_margin needs loss.ce_head: cosine"),
         ({"loss": {"ce_head": "cosine", "ce_margin": 1.5}}, "loss.ce_margin must be in [0, 1)"),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CliqueBatchSampler", "WorkSplit", "split_works"]
+__all__ = ["CliqueBatchSampler", "WorkSplit", "collection_of", "collection_weights", "split_works"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,25 @@ def split_works(work_ids: Sequence[str], val: float, test: float, seed: int) -> 
     )
 
 
+def collection_of(work_id: str) -> str:
+    """The source collection of a work id: ``m21:bach/bwv11.6.mxl`` → ``bach``; ``(none)`` without a "/"."""
+    name = work_id.split(":", 1)[-1]
+    return name.split("/", 1)[0] if "/" in name else "(none)"
+
+
+def collection_weights(labels: Mapping[str, int], power: float) -> dict[int, float] | None:
+    """Sampling weight of each work label: n_c ** -power for a work of a collection of n_c works.
+
+    ``labels``: work id → label. None when ``power`` is 0 (uniform over works, the default).
+    """
+    if power == 0:
+        return None
+    sizes: dict[str, int] = {}
+    for work in labels:
+        sizes[collection_of(work)] = sizes.get(collection_of(work), 0) + 1
+    return {label: sizes[collection_of(work)] ** -power for work, label in labels.items()}
+
+
 class CliqueBatchSampler:
     """Batches of ``works_per_batch`` works × ``versions_per_work`` item indices.
 
@@ -62,6 +81,9 @@ class CliqueBatchSampler:
     (``world_size`` > 1) every rank takes a disjoint slice of each global batch, so the ranks see
     different works at every step. Works with fewer than K items repeat items (sampled so that every
     item appears before any repeats). Deterministic in (seed, epoch, rank).
+
+    ``work_weights`` (work label → weight > 0) replaces the passes over the works: each global batch
+    then draws its P × world_size distinct works with probabilities proportional to the weights.
     """
 
     def __init__(
@@ -73,6 +95,7 @@ class CliqueBatchSampler:
         rank: int = 0,
         world_size: int = 1,
         steps_per_epoch: int | None = None,
+        work_weights: Mapping[int, float] | None = None,
     ) -> None:
         self.works = sorted(w for w, items in items_by_work.items() if len(items) >= 2)
         self.items = {w: np.asarray(items_by_work[w], dtype=np.int64) for w in self.works}
@@ -85,6 +108,12 @@ class CliqueBatchSampler:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.seed, self.rank, self.world = seed, rank, world_size
+        self.probabilities: np.ndarray | None = None
+        if work_weights is not None:
+            w = np.array([float(work_weights[work]) for work in self.works])
+            if not np.all(np.isfinite(w) & (w > 0)):
+                raise ValueError("work weights must be finite and > 0")
+            self.probabilities = w / w.sum()
         self.steps = steps_per_epoch or len(self.works) // (self.P * world_size)
         self.epoch = 0
 
@@ -106,11 +135,15 @@ class CliqueBatchSampler:
         global_p = self.P * self.world
         order = rng.permutation(self.works)
         for step in range(self.steps):
-            start = (step * global_p) % len(order)
-            if start + global_p > len(order):  # next pass over the works in a new order
-                order = rng.permutation(self.works)
-                start = 0
-            chosen = order[start : start + global_p][self.rank * self.P : (self.rank + 1) * self.P]
+            if self.probabilities is not None:
+                drawn = rng.choice(self.works, size=global_p, replace=False, p=self.probabilities)
+                chosen = drawn[self.rank * self.P : (self.rank + 1) * self.P]
+            else:
+                start = (step * global_p) % len(order)
+                if start + global_p > len(order):  # next pass over the works in a new order
+                    order = rng.permutation(self.works)
+                    start = 0
+                chosen = order[start : start + global_p][self.rank * self.P : (self.rank + 1) * self.P]
             # versions drawn from a per-(step, rank) stream so ranks never share draws
             pick_rng = np.random.default_rng([self.seed, self.epoch, step, self.rank])
             yield [int(i) for w in chosen for i in self._pick_versions(int(w), pick_rng)]

@@ -174,6 +174,10 @@ class DataConfig:
     versions_per_work: int = 4
     online_versions_per_work: int = 8
     num_workers: int = 0
+    # 0: every training work equally often; 1: every source collection (the work id's text before
+    # the first "/", after any "scheme:") equally often; in between, a work of a collection of n
+    # works is drawn with weight n ** -balance_collections
+    balance_collections: float = 0.0
 
     def __post_init__(self) -> None:
         if self.source == "manifest" and not self.manifest:
@@ -190,6 +194,8 @@ class DataConfig:
             raise ConfigError("data.versions_per_work must be >= 2 (a triplet needs a positive)")
         if self.clip_s <= 0 or self.eval_max_s <= 0:
             raise ConfigError("data.clip_s and data.eval_max_s must be > 0 seconds")
+        if not 0.0 <= self.balance_collections <= 1.0:
+            raise ConfigError("data.balance_collections must be in [0, 1]")
 
 
 @dataclass(frozen=True)

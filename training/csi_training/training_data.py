@@ -17,7 +17,13 @@ import numpy as np
 import torch
 
 from csi_training.augment import FeatureAugment, crop
-from csi_training.batching import CliqueBatchSampler, WorkSplit, split_works
+from csi_training.batching import (
+    CliqueBatchSampler,
+    WorkSplit,
+    collection_of,
+    collection_weights,
+    split_works,
+)
 from csi_training.config import TrainConfig
 from csi_training.datasets import FeatureSet
 from csi_training.distributed import Process
@@ -33,6 +39,22 @@ def _cache_for(config: TrainConfig, frontend: Frontend) -> Any:
 
     root = config.data.cache_dir or str(Path(config.data.manifest or ".").resolve().parent / ".csi-features")
     return FeatureCache.for_frontend(root, frontend.config.to_dict(), config.data.eval_max_s)
+
+
+def _work_weights(config: TrainConfig, labels: dict[str, int]) -> dict[int, float] | None:
+    """Collection-balanced sampling weights (``data.balance_collections``), the shares logged."""
+    weights = collection_weights(labels, config.data.balance_collections)
+    if weights is not None:
+        shares: dict[str, float] = {}
+        for work, label in labels.items():
+            shares[collection_of(work)] = shares.get(collection_of(work), 0.0) + weights[label]
+        total = sum(shares.values())
+        logger.info(
+            "works drawn with collection balance %g; share of draws: %s",
+            config.data.balance_collections,
+            ", ".join(f"{c} {v / total:.0%}" for c, v in sorted(shares.items())),
+        )
+    return weights
 
 
 def _split(config: TrainConfig, work_ids: list[str], source: str) -> WorkSplit:
@@ -120,6 +142,7 @@ class FeatureBatches:
             rank=proc.rank,
             world_size=proc.world,
             steps_per_epoch=config.optim.steps_per_epoch,
+            work_weights=_work_weights(config, self.labels),
         )
         self.augment = FeatureAugment(config.augment)
         self.rank = proc.rank
@@ -170,6 +193,7 @@ class OnlineBatches:
             rank=proc.rank,
             world_size=proc.world,
             steps_per_epoch=config.optim.steps_per_epoch,
+            work_weights=_work_weights(config, self.labels),
         )
         self.frontend = frontend.to(device)
         self.device = device

@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from csi_runtime.atomic import atomic_write_text
+from csi_training.batching import collection_of
 
 logger = logging.getLogger("csi_training.experiments.rendered_baseline")
 
@@ -97,12 +98,6 @@ def _metrics_row(name: str, metrics: dict[str, Any], items: int, note: str = "")
     row = {"system": name, "items": items, "note": note}
     row.update({k: float(metrics[k]) for k in METRIC_KEYS if k in metrics})
     return row
-
-
-def collection_of(work_id: str) -> str:
-    """The source collection of a corpus work id: ``m21:bach/bwv11.6.mxl`` → ``bach``."""
-    name = work_id.split(":", 1)[-1]
-    return name.split("/", 1)[0] if "/" in name else "(none)"
 
 
 def by_collection(per_query: dict[str, np.ndarray], work_ids: list[str]) -> dict[str, dict[str, float]]:

@@ -186,7 +186,7 @@ def test_doc_table_is_replaced_between_markers(tmp_path: Path) -> None:
     results["scale"], results["chance"] = "medium", {"MAP": 0.02, "P@10": 0.01, "MR1": 99.0}
     write_doc_table(doc, results)
     text = doc.read_text()
-    assert "smoke run" not in text and "an hour" in text
+    assert "smoke run" not in text and "1.5 hours" in text
     assert text.count("| random unit vectors (chance, mean of 5 draws) | 0.020 | 0.010 | 99.0 | |") == 2
 
 

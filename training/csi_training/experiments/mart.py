@@ -114,8 +114,8 @@ SCALES: dict[str, dict[str, Any]] = {
         },
         "test_works": 100,
     },
-    # about an hour on a 2-core CPU: the smoke model with enough steps to leave chance level, so the
-    # table can rank the variants (still far from the paper's scale)
+    # about 1.5 hours on a 2-core CPU: the smoke model with 6x the pre-training and 8x the fine-tuning
+    # steps; on the rendered corpus its CSI numbers are still at chance (docs/recipes/mart.md)
     "medium": {
         "pretrain": {
             "threads": 2,
@@ -378,7 +378,9 @@ def run_evidence(
     results["settings"] = {"pretrain": template.to_dict(), "finetune": dataclasses.asdict(ft_settings)}
     atomic_write_text(out / "evidence.json", json.dumps(results, indent=2, default=float) + "\n")
     if doc is not None:
-        write_doc_table(doc, results, command=" ".join(sys.argv) if sys.argv else "")
+        write_doc_table(
+            doc, results, command=" ".join(["python -m csi_training.experiments.mart", *sys.argv[1:]])
+        )
     return results
 
 
@@ -393,7 +395,7 @@ def evidence_table(results: dict[str, Any], command: str = "") -> str:
     any_ft = next(iter(ft.values()))
     notes = {
         "smoke": " — a CPU smoke run: it shows the pipeline end to end, not MART's quality.",
-        "medium": " — a CPU run of about an hour (tiny FCN-7, hundreds of steps): early training, not"
+        "medium": " — a CPU run of about 1.5 hours (tiny FCN-7, hundreds of steps): early training, not"
         " the paper's scale.",
     }
     chance = results.get("chance")

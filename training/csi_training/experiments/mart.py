@@ -89,18 +89,21 @@ class FinetuneSettings:
     seed: int = 0
 
 
+#: the pre-training network of the CPU scales: FCN-7 at 1/8 width and a narrow transformer
+CPU_PRETRAIN_MODEL = {
+    "width": "tiny",
+    "attn_dim": 48,
+    "ffn_dim": 128,
+    "projection_hidden": 128,
+    "projection_dim": 64,
+}
+
 SCALES: dict[str, dict[str, Any]] = {
     # minutes on one CPU thread; numbers from it say that the pipeline runs, not how well MART works
     "smoke": {
         "pretrain": {
             "threads": 1,
-            "model": {
-                "width": "tiny",
-                "attn_dim": 48,
-                "ffn_dim": 128,
-                "projection_hidden": 128,
-                "projection_dim": 64,
-            },
+            "model": CPU_PRETRAIN_MODEL,
             "data": {"max_files": 160, "max_s": 30.0, "val_files": 32},
             "optim": {"batch_size": 16, "steps": 25, "eval_every": 25},
         },
@@ -119,13 +122,7 @@ SCALES: dict[str, dict[str, Any]] = {
     "medium": {
         "pretrain": {
             "threads": 2,
-            "model": {
-                "width": "tiny",
-                "attn_dim": 48,
-                "ffn_dim": 128,
-                "projection_hidden": 128,
-                "projection_dim": 64,
-            },
+            "model": CPU_PRETRAIN_MODEL,
             "data": {"max_files": 600, "max_s": 30.0, "val_files": 64},
             "optim": {"batch_size": 16, "steps": 150, "eval_every": 50},
         },

@@ -62,3 +62,44 @@ def test_ablation_writes_the_table(tmp_path: Path) -> None:
     table = out.read_text()
     assert table.splitlines()[1] == "SMOKE SCALE" and "--report-only" not in table and "--note" not in table
     assert "+KDM +GADM (DisCover)" in table
+
+
+def test_few_shot_split_alone_from_scratch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.set_num_threads(1)
+    train_manifest = make_corpus(tmp_path / "train", n_works=8, n_versions=3, seed=23)
+    test_manifest = make_corpus(tmp_path / "test", n_works=5, n_versions=3, seed=24)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config(train_manifest, tmp_path / "unused")))
+    out = tmp_path / "fewshot.md"
+    argv = [
+        "--out", str(out), "--train-manifest", str(train_manifest), "--test-manifest", str(test_manifest),
+        "--cache-dir", str(tmp_path / "cache"), "--config", str(config), "--work-dir", str(tmp_path / "work"),
+        "--epochs", "1", "--steps-per-epoch", "2", "--mi-steps", "10", "--mi-repeats", "1",
+        "--set", "data.val_works=2", "--set", "data.versions_per_work=2",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit):  # an empty --variants with nothing else to run is refused
+        main([*argv, "--variants", ""])
+    assert "nothing to run" in capsys.readouterr().err
+
+    assert (
+        main(
+            [
+                *argv,
+                "--variants",
+                "",
+                "--few-shot",
+                "--few-shot-from-scratch",
+                "--few-shot-variants",
+                "backbone",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["rows"] == [] and [r["variant"] for r in result["few_shot_rows"]] == ["backbone"]
+    assert result["few_shot_rows"][0]["queries"] == 5 * 2  # one reference per test work
+    header = json.loads((tmp_path / "work" / "fewshot_backbone" / "last" / "config.json").read_text())
+    assert header["config"]["init_from"] in (None, "")
+    table = out.read_text()
+    assert "The variants train from scratch." in table
+    assert table.count("| variant | queries |") == 1  # no empty main table

@@ -278,8 +278,7 @@ def _report(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"`{args.test_manifest}` ({result['test_tracks']} tracks), leave-one-out. MI: held-out vCLUB "
         f"estimate in nats between the test embeddings and the tracks' CQT-domain F0 / timbre factors "
         f"(mean ± sd of {args.mi_repeats} random halvings, {args.mi_steps} fitting steps each).",
-        "",
-        *_table(result["rows"]),
+        *(["", *_table(result["rows"])] if result["rows"] else []),
     ]
     if result["few_shot_rows"]:
         lines += [
@@ -300,6 +299,10 @@ def _report(result: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _variant_list(text: str) -> list[str]:
+    return [name for name in text.split(",") if name.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="Markdown table to write (the JSON goes next to it)")
@@ -313,14 +316,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-works", type=int, default=None, help="evaluate on this many test works (all)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--variants", type=lambda s: s.split(","), default=["backbone", "kdm", "gadm", "both"])
+    p.add_argument(
+        "--variants",
+        type=_variant_list,
+        default=["backbone", "kdm", "gadm", "both"],
+        help="comma-separated; empty ('') runs only the few-shot split",
+    )
     p.add_argument("--few-shot", action="store_true")
     p.add_argument(
         "--few-shot-from-scratch",
         action="store_true",
         help="few-shot variants ignore --init-from (whose model may have seen every version)",
     )
-    p.add_argument("--few-shot-variants", type=lambda s: s.split(","), default=["backbone", "both"])
+    p.add_argument("--few-shot-variants", type=_variant_list, default=["backbone", "both"])
     p.add_argument("--checkpoint", choices=["last", "best"], default="last")
     p.add_argument("--set", action="append", help="config override KEY=VALUE for every variant")
     p.add_argument("--mi-steps", type=int, default=300)
@@ -339,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.variants + args.few_shot_variants) - set(VARIANTS))
     if unknown:
         p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if not args.variants and not (args.few_shot and args.few_shot_variants):
+        p.error("nothing to run: --variants is empty and no --few-shot variants were given")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     out = Path(args.out)
     if args.report_only:

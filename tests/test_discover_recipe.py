@@ -128,6 +128,7 @@ def test_torchrun_ddp_keeps_the_auxiliary_networks_replicas(corpus: Path, tmp_pa
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     assert run.stderr.count("parameters identical on 2 ranks") == 4  # backbone + auxiliary, 2 epochs
+    assert run.stdout.count("checkpoints: ") == 2  # both workers flushed before exit_worker
     header = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
     assert header["world_size"] == 2 and header["epoch"] == 2
 

@@ -29,6 +29,7 @@ def test_torchrun_ddp_keeps_the_whole_vae_replicas(corpus: Path, tmp_path: Path)
     assert run.returncode == 0, run.stderr[-4000:]
     # one checksum over backbone, heads and decoder (one module) per epoch
     assert run.stderr.count("parameters identical on 2 ranks") == 2
+    assert run.stdout.count("checkpoints: ") == 2  # both workers flushed before exit_worker
     header = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
     assert header["world_size"] == 2 and header["epoch"] == 2 and header["config"]["recipe"] == "marl"
     history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]

@@ -352,6 +352,7 @@ def test_torchrun_ddp_on_cpu_gloo(corpus: Path, tmp_path: Path) -> None:
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     assert "parameters identical on 2 ranks" in run.stderr
+    assert run.stdout.count("checkpoints: ") == 2  # each worker's output flushed before exit_worker
     header = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
     assert header["world_size"] == 2 and header["epoch"] == 2
 

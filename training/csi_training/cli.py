@@ -49,6 +49,7 @@ def _with_embedding_bar(manifest: str, work: Callable[[Callable[[int], None]], T
 def cmd_train(args: argparse.Namespace) -> int:
     _setup_logging()
     from csi_training.config import ConfigError, config_from_dict, read_config_dict
+    from csi_training.distributed import exit_worker, is_torchrun_worker
     from csi_training.trainer import train
 
     overrides = dict(args.set or [])
@@ -69,6 +70,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             + ", ".join(f"{k} {val[k]:.4f}" for k in ("MAP", "P@10", "MR1", "MRR") if k in val)
         )
     print(f"checkpoints: {result.out_dir / 'best'} (best), {result.out_dir / 'last'} (last)")
+    if is_torchrun_worker():  # past destroy_process_group: skip the teardown that can abort (exit_worker)
+        exit_worker(0)
     return 0
 
 

@@ -147,7 +147,8 @@ def naive_ftm2d(chroma: np.ndarray, power: float, window: int, log_compression: 
         vectors.append(vector)
     stacked = np.array(vectors)
     summary = np.array([statistics.median(stacked[:, i]) for i in range(stacked.shape[1])])
-    return summary / np.sqrt(np.sum(summary**2))
+    norm = np.sqrt(np.sum(summary**2))
+    return summary / norm if norm > 0 else summary  # all-silent chroma: the zero vector
 
 
 @pytest.mark.parametrize(
@@ -161,6 +162,13 @@ def test_ftm2d_matches_naive_dft(
     got = ftm2d_embed(chroma, power=1.96, window=window, log_compression=log_compression)
     assert got.dtype == np.float32 and got.shape == (window * 12,)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("n_beats", "log_compression"), [(1, None), (3, 5.0), (12, 2.0)])
+def test_ftm2d_of_silent_chroma_is_the_zero_vector(n_beats: int, log_compression: float | None) -> None:
+    got = ftm2d_embed(np.zeros((n_beats, 12)), power=1.96, window=4, log_compression=log_compression)
+    assert got.dtype == np.float32 and not got.any()
+    np.testing.assert_array_equal(got, naive_ftm2d(np.zeros((n_beats, 12)), 1.96, 4, log_compression))
 
 
 def test_chroma_power_matches_naive_and_keeps_norms(rng: np.random.Generator) -> None:

@@ -108,7 +108,8 @@ def test_whitening_undoes_a_shared_nuisance_on_unseen_works(rng: np.random.Gener
     fit = fit_learned_whitening(x[~test], fit_works, regularization=1e-4)
     before = evaluate(x[test].astype(np.float32), test_works)["MAP"]
     after = evaluate(fit.apply(x[test]).astype(np.float32), test_works)["MAP"]
-    assert after > before + 0.15, (before, after)
+    # over 150 seeds: before 0.70-0.87, after >= 0.996, at least 98% of the gap to 1 closed
+    assert before < 0.95 and after > 0.98 and after - before > 0.9 * (1.0 - before), (before, after)
 
 
 def test_select_regularization_scores_on_held_out_works(rng: np.random.Generator) -> None:

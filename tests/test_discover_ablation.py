@@ -81,25 +81,32 @@ def test_few_shot_split_alone_from_scratch(tmp_path: Path, capsys: pytest.Captur
         main([*argv, "--variants", ""])
     assert "nothing to run" in capsys.readouterr().err
 
-    assert (
-        main(
-            [
-                *argv,
-                "--variants",
-                "",
-                "--few-shot",
-                "--few-shot-from-scratch",
-                "--few-shot-variants",
-                "backbone",
-            ]
-        )
-        == 0
-    )
+    few_only = [
+        *argv,
+        "--variants",
+        "",
+        "--few-shot",
+        "--few-shot-from-scratch",
+        "--few-shot-variants",
+        "backbone",
+    ]
+    assert main([*few_only, "--whiten"]) == 0
     result = json.loads(out.with_suffix(".json").read_text())
-    assert result["rows"] == [] and [r["variant"] for r in result["few_shot_rows"]] == ["backbone"]
-    assert result["few_shot_rows"][0]["queries"] == 5 * 2  # one reference per test work
-    header = json.loads((tmp_path / "work" / "fewshot_backbone" / "last" / "config.json").read_text())
-    assert header["config"]["init_from"] in (None, "")
+    assert result["rows"] == [] and [r["variant"] for r in result["few_shot_rows"]] == ["backbone"] * 2
+    plain, whitened = result["few_shot_rows"]
+    assert plain["queries"] == whitened["queries"] == 5 * 2  # one reference per test work
+    assert "whitened" not in plain and whitened["whitened"] and whitened["regularization"] > 0
+    run = tmp_path / "work" / "fewshot_backbone"
+    assert json.loads((run / "last" / "config.json").read_text())["config"]["init_from"] in (None, "")
+    fitted = json.loads((run / "whitened" / "config.json").read_text())["whitening"]
+    assert fitted["source"] == str(run / "last") and fitted["manifest"].endswith("train_fewshot.csv")
+    assert fitted["regularization"] == whitened["regularization"]
     table = out.read_text()
     assert "The variants train from scratch." in table
     assert table.count("| variant | queries |") == 1  # no empty main table
+    assert f"backbone alone (recipe move), whitened (ε {whitened['regularization']:g})" in table
+
+    # a second call re-uses the trained run and its whitening
+    mtime = (run / "whitened" / "model.safetensors").stat().st_mtime_ns
+    assert main([*few_only, "--whiten"]) == 0
+    assert (run / "whitened" / "model.safetensors").stat().st_mtime_ns == mtime

@@ -19,6 +19,11 @@ and the F0 / timbre factors of the test tracks, for every variant and for the st
 
 Few-shot split (``--few-shot``): the training works keep at most 2 versions each; on the test works
 one version per work is the reference and every other version queries the references only.
+
+``--whiten`` adds, under each trained variant, a row for the same checkpoint with a learned whitening
+fitted afterwards (``csi whiten``: on the manifest that variant trained on, its ε chosen on that run's
+validation works): the linear, post-hoc way of removing the directions in which versions differ, set
+beside the trained disentanglement.
 """
 
 from __future__ import annotations
@@ -122,6 +127,51 @@ def _train_variant(
     return run_dir / args.checkpoint
 
 
+def _whitened(
+    args: argparse.Namespace, checkpoint: Path, manifest: Path, run_dir: Path
+) -> tuple[Path, float]:
+    """``checkpoint`` with a learned whitening fitted on ``manifest`` (written once, under ``run_dir``):
+    (whitened checkpoint folder, the regularization chosen)."""
+    from csi_training.whiten import whiten_checkpoint
+
+    out = run_dir / "whitened"
+    header = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+    trained = json.loads((checkpoint / "config.json").read_text())
+    if header and header["whitening"]["source"] == str(checkpoint) and header["step"] == trained["step"]:
+        report = header["whitening"]
+    else:
+        report = whiten_checkpoint(
+            checkpoint, manifest, out, device=args.device, cache_dir=args.cache_dir, force=True
+        )
+    return out, float(report["regularization"])
+
+
+def _rows(
+    args: argparse.Namespace,
+    name: str,
+    checkpoint: Path,
+    manifest: Path,
+    run_dir: Path,
+    test: tuple[Any, dict[str, np.ndarray]],
+    few_shot: bool,
+) -> list[dict[str, Any]]:
+    """The evaluated row of a trained variant, and with ``--whiten`` the row of its whitened copy."""
+    rows = [{"variant": name, **_evaluate(args, checkpoint, *test, few_shot)}]
+    if args.whiten:
+        whitened, regularization = _whitened(args, checkpoint, manifest, run_dir)
+        rows.append(
+            {
+                "variant": name,
+                "whitened": True,
+                "regularization": regularization,
+                **_evaluate(args, whitened, *test, few_shot),
+            }
+        )
+    for row in rows:
+        logger.info("%s%s: %s", "few-shot " if few_shot else "", name, row)
+    return rows
+
+
 def _test_set(args: argparse.Namespace, manifest: Path) -> tuple[Any, dict[str, np.ndarray]]:
     """Test features (through the cache) and their F0 / timbre factors ([N, dim] float32 each)."""
     from csi_training.config import load_config
@@ -193,7 +243,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     test_manifest, n_test = _subset_manifest(
         Path(args.test_manifest), args.test_works, None, args.seed, work_dir / "test.csv"
     )
-    features, factors = _test_set(args, test_manifest)
+    test = _test_set(args, test_manifest)
+    features, factors = test
     logger.info("%d training works; test: %d works, %d tracks", n_train, n_test, len(features))
     result: dict[str, Any] = {
         "command": args.command,
@@ -210,8 +261,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     for name in args.variants:
         checkpoint = _train_variant(args, name, train_manifest, work_dir / name, args.init_from)
-        result["rows"].append({"variant": name, **_evaluate(args, checkpoint, features, factors, False)})
-        logger.info("%s: %s", name, result["rows"][-1])
+        result["rows"] += _rows(args, name, checkpoint, train_manifest, work_dir / name, test, False)
     if args.few_shot:
         few_manifest, _ = _subset_manifest(
             Path(args.train_manifest), args.train_works, 2, args.seed, work_dir / "train_fewshot.csv"
@@ -222,11 +272,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 {"variant": "start", **_evaluate(args, Path(args.init_from), features, factors, True)}
             )
         for name in args.few_shot_variants:
-            checkpoint = _train_variant(args, name, few_manifest, work_dir / f"fewshot_{name}", few_init)
-            result["few_shot_rows"].append(
-                {"variant": name, **_evaluate(args, checkpoint, features, factors, True)}
-            )
-            logger.info("few-shot %s: %s", name, result["few_shot_rows"][-1])
+            run_dir = work_dir / f"fewshot_{name}"
+            checkpoint = _train_variant(args, name, few_manifest, run_dir, few_init)
+            result["few_shot_rows"] += _rows(args, name, checkpoint, few_manifest, run_dir, test, True)
     result["wall_s"] = time.monotonic() - t_start
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +290,8 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     ]
     for r in rows:
         label = LABELS.get(r["variant"], r["variant"])
+        if r.get("whitened"):
+            label += f", whitened (ε {r['regularization']:g})"
         lines.append(
             f"| {label} | {r['queries']} | {r['MAP']:.3f} | {r['P@10']:.3f} | "
             f"{r['MR1']:.2f} | {r['MRR']:.3f} | {r['MI_f0']:.3f} ± {r['MI_f0_sd']:.3f} | "
@@ -330,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--few-shot-variants", type=_variant_list, default=["backbone", "both"])
     p.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    p.add_argument(
+        "--whiten",
+        action="store_true",
+        help="also evaluate each trained variant with a learned whitening fitted on its training manifest",
+    )
     p.add_argument("--set", action="append", help="config override KEY=VALUE for every variant")
     p.add_argument("--mi-steps", type=int, default=300)
     p.add_argument("--mi-repeats", type=int, default=3)

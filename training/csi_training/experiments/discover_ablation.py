@@ -345,7 +345,11 @@ def _report(result: dict[str, Any], args: argparse.Namespace) -> str:
             "",
             *_table(result["few_shot_rows"]),
         ]
-    lines += ["", f"Wall time: {result['wall_s'] / 60:.1f} min."]
+    lines += [
+        "",
+        f"Wall time of the call that wrote this: {result['wall_s'] / 60:.1f} min "
+        "(runs finished by an earlier call are re-used, not re-trained).",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -354,7 +354,7 @@ def _report(result: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def _variant_list(text: str) -> list[str]:
-    return [name for name in text.split(",") if name.strip()]
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,7 +73,7 @@ class Process:
 
 
 def init_process(device_spec: str) -> Process:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = _world_size()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if world > 1 and not dist.is_initialized():
@@ -82,9 +82,13 @@ def init_process(device_spec: str) -> Process:
     return Process(rank=rank, world=world, local_rank=local_rank)
 
 
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def is_torchrun_worker() -> bool:
     """True in a process that ``torchrun`` started as one of several ranks."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return _world_size() > 1
 
 
 def exit_worker(code: int) -> NoReturn:

@@ -132,12 +132,16 @@ def _whitened(
 ) -> tuple[Path, float]:
     """``checkpoint`` with a learned whitening fitted on ``manifest`` (written once, under ``run_dir``):
     (whitened checkpoint folder, the regularization chosen)."""
+    from csi_training.checkpoint import read_header
     from csi_training.whiten import whiten_checkpoint
 
     out = run_dir / "whitened"
-    header = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
-    trained = json.loads((checkpoint / "config.json").read_text())
-    if header and header["whitening"]["source"] == str(checkpoint) and header["step"] == trained["step"]:
+    header = read_header(out) if (out / "config.json").exists() else {}
+    if (
+        header
+        and header["whitening"]["source"] == str(checkpoint)
+        and header["step"] == read_header(checkpoint)["step"]
+    ):
         report = header["whitening"]
     else:
         report = whiten_checkpoint(
